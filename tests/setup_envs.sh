@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds the two test environments (idempotent):
+#   .venv-tests/a1111    A1111 1.10's pins: the engine and WebUI-side code run here
+#   .venv-tests/current  current diffusers + peft: our LoRA files must load there
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+make_env() {
+  local name=$1 reqs=$2 stamp=.venv-tests/$1/.installed
+  if [[ -f $stamp ]] && cmp -s "$reqs" "$stamp"; then return; fi
+  $PY -m venv ".venv-tests/$name"
+  ".venv-tests/$name/bin/pip" install -q -r "$reqs"
+  cp "$reqs" "$stamp"
+}
+make_env a1111 tests/requirements-a1111.txt
+# open_clip ships CLIP's BPE vocabulary; the tests build an offline tokenizer from it.
+# --no-deps: its torchvision dependency would replace the CPU torch.
+.venv-tests/a1111/bin/pip install -q --no-deps open-clip-torch==2.20.0
+make_env current tests/requirements-current.txt
