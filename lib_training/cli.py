@@ -1,0 +1,156 @@
+"""`python -m lib_training train --config run.toml [flags]`: headless training with the same engine.
+
+Flags override the file; `python -m lib_training train --help` explains each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .config import OPTIMIZERS, SCHEDULERS, TrainConfig
+from .errors import LoraStudioError, TrainingCancelled
+from .train import events as ev
+
+# flag -> (section, field, type, help)
+FLAGS: dict[str, tuple[str, str, Callable, str]] = {
+    "--checkpoint": ("model", "checkpoint", str, "single-file SD1.x/SD2.x checkpoint (.safetensors) to train on"),
+    "--prediction-type": ("model", "prediction_type", str, "auto (SD1: epsilon, SD2: v_prediction), epsilon or v_prediction"),
+    "--clip-skip": ("model", "clip_skip", int, "text-encoder layer from the end (1 = last, 2 = penultimate)"),
+    "--data": ("data", "train_dir", str, "training folder in kohya layout: <repeats>_<trigger> <class>/ with images + .txt captions"),
+    "--reg-data": ("data", "reg_dir", str, "class-image folder for DreamBooth prior preservation (optional)"),
+    "--prior-loss-weight": ("data", "prior_loss_weight", float, "weight of the class-image loss (DreamBooth)"),
+    "--resolution": ("data", "resolution", int, "training resolution in pixels (SD1: 512, SD2: 768)"),
+    "--output-dir": ("output", "output_dir", str, "folder for the LoRA files (e.g. the WebUI's models/Lora)"),
+    "--name": ("output", "name", str, "output name: <name>.safetensors, epochs <name>-000004.safetensors"),
+    "--trigger-word": ("output", "trigger_word", str, "trigger word, stored in the file's metadata"),
+    "--steps": ("train", "max_steps", int, "number of optimizer steps (overrides --epochs)"),
+    "--epochs": ("train", "epochs", int, "number of epochs (one epoch = every image x its repeats)"),
+    "--batch-size": ("train", "batch_size", int, "images per step"),
+    "--seed": ("train", "seed", int, "random seed (same seed + settings = same LoRA)"),
+    "--save-every": ("train", "save_every_epochs", int, "also save <name>-NNNNNN.safetensors every N epochs (0 = off)"),
+    "--mixed-precision": ("train", "mixed_precision", str, "auto, no, fp16 or bf16 (CUDA only; CPU trains in fp32)"),
+    "--rank": ("network", "rank", int, "LoRA rank (network_dim), typical 8-128"),
+    "--alpha": ("network", "alpha", float, "LoRA alpha; the update is scaled by alpha/rank"),
+    "--conv-rank": ("network", "conv_rank", int, "rank for the UNet's 3x3 convs (LoCon); 0 = off"),
+    "--lr": ("optimizer", "unet_lr", float, "UNet learning rate"),
+    "--te-lr": ("optimizer", "text_encoder_lr", float, "text-encoder learning rate (0 = UNet only)"),
+    "--optimizer": ("optimizer", "optimizer", str, f"one of {', '.join(OPTIMIZERS)}"),
+    "--scheduler": ("optimizer", "scheduler", str, f"one of {', '.join(SCHEDULERS)}"),
+    "--warmup-steps": ("optimizer", "warmup_steps", int, "linear learning-rate warmup steps"),
+}
+SWITCHES: dict[str, tuple[str, str, bool, str]] = {
+    "--unet-only": ("network", "train_text_encoder", False, "train the UNet only (no text-encoder LoRA)"),
+    "--gradient-checkpointing": ("train", "gradient_checkpointing", True, "recompute activations to save memory"),
+    "--no-cache-latents": ("data", "cache_latents", False, "encode images every step instead of once"),
+    "--flip": ("data", "flip", True, "also train on mirrored images"),
+    "--overwrite": ("output", "overwrite", True, "replace an existing <name>.safetensors"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lib_training", description="LoRA Studio's headless trainer.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a LoRA", description=(
+        "Train a kohya-format LoRA on a single-file checkpoint. Settings come from --config "
+        "(TOML, the same file the WebUI tab exports); flags override it."))
+    train.add_argument("--config", type=Path, help="run settings as TOML (sections model, data, network, "
+                                                   "optimizer, train, output)")
+    for flag, (_, _, kind, text) in FLAGS.items():
+        train.add_argument(flag, type=kind, help=text)
+    for flag, (_, _, _, text) in SWITCHES.items():
+        train.add_argument(flag, action="store_true", help=text)
+    train.add_argument("--resume", action="store_true", help="continue a cancelled run with the same name")
+    train.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
+    train.add_argument("--print-config", action="store_true", help="print the merged settings as TOML and exit")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    config = TrainConfig.from_toml(args.config) if args.config else TrainConfig()
+    for flag, (section, field, _, _) in FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            setattr(getattr(config, section), field, value)
+    for flag, (section, field, value, _) in SWITCHES.items():
+        if getattr(args, flag[2:].replace("-", "_")):
+            setattr(getattr(config, section), field, value)
+    if args.steps is not None and args.steps > 0:
+        config.train.epochs = max(config.train.epochs, 1)
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        if args.print_config:
+            print(config.to_toml())
+            return 0
+        return _train(config, args)
+    except TrainingCancelled as stop:
+        print(f"\n{stop}", file=sys.stderr)
+        return 130
+    except LoraStudioError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _train(config: TrainConfig, args: argparse.Namespace) -> int:
+    import torch
+
+    from .models.single_file import load_checkpoint
+    from .train.loop import train
+
+    config.validate(need_checkpoint=True)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    dtype = torch.float16 if str(device).startswith("cuda") and config.train.mixed_precision != "no" else torch.float32
+    print(f"Loading {config.model.checkpoint} ...", flush=True)
+    model = load_checkpoint(Path(config.model.checkpoint), config.model.prediction_type, config.model.clip_skip,
+                            config.model.tokenizer_dir, device=device, dtype=dtype)
+    cancel = ev.CancelToken()
+    progress = _Progress()
+    try:
+        result = train(config, model, on_event=progress, cancel=cancel, resume=args.resume)
+    except KeyboardInterrupt:
+        raise TrainingCancelled("Interrupted.") from None
+    finally:
+        progress.close()
+    size_mb = result.path.stat().st_size / 1e6
+    print(f"Saved {result.path} ({size_mb:.1f} MB): {result.steps} steps in {result.seconds:.1f} s, "
+          f"final loss {result.final_loss:.4f}")
+    for extra in result.files:
+        if extra != result.path:
+            print(f"  epoch file {extra}")
+    return 0
+
+
+class _Progress:
+    """A tqdm bar when tqdm is installed, plain lines otherwise."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Started):
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=event.total_steps, initial=event.start_step, unit="step")
+            except ImportError:
+                print(f"Training {event.total_steps} steps on {event.num_train_images} images")
+        elif isinstance(event, ev.StepDone):
+            if self.bar is not None:
+                self.bar.n = event.step
+                self.bar.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.lr:.2e}", epoch=event.epoch)
+            else:
+                print(f"step {event.step}/{event.total_steps} loss {event.loss:.4f} eta {event.eta_s:.0f}s")
+        elif isinstance(event, (ev.EpochSaved, ev.Message)):
+            text = f"saved epoch {event.epoch}: {event.path}" if isinstance(event, ev.EpochSaved) else event.text
+            (self.bar.write if self.bar is not None else print)(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,128 @@
+"""From a scanned dataset to batches of latents: buckets, flips, latent cache, epoch order."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import safetensors
+import safetensors.torch
+import torch
+
+from ..fileio import atomic_write_bytes
+from ..seeding import derived_seed
+from .buckets import assign_bucket, make_buckets
+from .folders import ImageItem
+from .images import load_rgb, resize_and_crop, to_tensor
+
+Encoder = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Sample:
+    item: ImageItem
+    bucket: tuple[int, int]  # (width, height)
+
+
+def plan_samples(items: Sequence[ImageItem], resolution: int, bucketing: bool, step: int) -> list[Sample]:
+    """Open every image once (a broken file fails here, before any training) and pick its bucket."""
+    buckets = make_buckets(resolution, step=step) if bucketing else [(resolution, resolution)]
+    samples = []
+    for item in items:
+        width, height = load_rgb(item.path).size
+        samples.append(Sample(item, assign_bucket(width, height, buckets)))
+    return samples
+
+
+def load_pixels(sample: Sample, flipped: bool) -> torch.Tensor:
+    image = resize_and_crop(load_rgb(sample.item.path), *sample.bucket)
+    pixels = to_tensor(image)
+    return pixels.flip(-1) if flipped else pixels
+
+
+def epoch_batches(samples: Sequence[Sample], batch_size: int, seed: int, epoch: int,
+                  use_repeats: bool = True) -> list[list[int]]:
+    """Indices of each batch of an epoch: repeats expanded, shuffled, grouped by bucket.
+
+    A pure function of (seed, epoch), so a resumed run sees the same order.
+    """
+    rng = random.Random(f"{seed}-epoch-{epoch}")
+    by_bucket: dict[tuple[int, int], list[int]] = {}
+    for index, sample in enumerate(samples):
+        count = sample.item.repeats if use_repeats else 1
+        by_bucket.setdefault(sample.bucket, []).extend([index] * count)
+    batches: list[list[int]] = []
+    for bucket in sorted(by_bucket):
+        indices = by_bucket[bucket]
+        rng.shuffle(indices)
+        batches += [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+class LatentCache:
+    """Latents of each (sample, flipped) computed once and reused every epoch.
+
+    In memory always; on disk beside the image when asked (`<stem>.<w>x<h>.lslatent.safetensors`),
+    tagged with the model so a cache from another checkpoint is never reused.
+    """
+
+    def __init__(self, samples: Sequence[Sample], encode: Encoder, model_tag: str, seed: int,
+                 to_disk: bool = False, keep_in_memory: bool = True):
+        self.samples = samples
+        self.keep_in_memory = keep_in_memory
+        self.encode = encode
+        self.model_tag = model_tag
+        self.to_disk = to_disk
+        self.seed = seed
+        self._memory: dict[tuple[int, bool], torch.Tensor] = {}
+
+    def fill(self, flips: bool, progress: Callable[[int, int], None] | None = None) -> None:
+        variants = (False, True) if flips else (False,)
+        for index in range(len(self.samples)):
+            for flipped in variants:
+                self.get(index, flipped)
+            if progress:
+                progress(index + 1, len(self.samples))
+
+    def get(self, index: int, flipped: bool) -> torch.Tensor:
+        key = (index, flipped)
+        if key in self._memory:
+            return self._memory[key]
+        latent = self._load_or_encode(index, flipped)
+        if self.keep_in_memory:
+            self._memory[key] = latent
+        return latent
+
+    def _disk_path(self, sample: Sample, flipped: bool) -> Path:
+        w, h = sample.bucket
+        suffix = "-flip" if flipped else ""
+        return sample.item.path.with_name(f"{sample.item.path.stem}.{w}x{h}{suffix}.lslatent.safetensors")
+
+    def _load_or_encode(self, index: int, flipped: bool) -> torch.Tensor:
+        sample = self.samples[index]
+        path = self._disk_path(sample, flipped)
+        if self.to_disk and path.is_file():
+            cached = self._read(path)
+            if cached is not None:
+                return cached
+        # The VAE samples its posterior: seed it per image so caches are reproducible,
+        # without disturbing the caller's global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derived_seed(self.seed, sample.item.path, flipped))
+            latent = self.encode(load_pixels(sample, flipped).unsqueeze(0))[0]
+        if self.to_disk:
+            blob = safetensors.torch.save({"latent": latent.detach().cpu().contiguous()}, {"model": self.model_tag})
+            atomic_write_bytes(path, blob)
+        return latent
+
+    def _read(self, path: Path) -> torch.Tensor | None:
+        try:
+            with safetensors.safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}).get("model") != self.model_tag:
+                    return None
+                return f.get_tensor("latent")
+        except (OSError, safetensors.SafetensorError):
+            return None  # a damaged cache file is simply recomputed

@@ -1,0 +1,327 @@
+"""kohya-style dataset folders: `<repeats>_<tokens>/` subfolders of images and captions.
+
+    train/10_nosnjaoutfit woman/001.png      repeats=10, tokens="nosnjaoutfit woman"
+    train/10_nosnjaoutfit woman/001.txt      caption of 001.png
+    reg/1_woman/0001.png                     regularisation (class) image
+
+A folder that holds images directly is accepted too (repeats 1, no tokens).
+Scanning only lists files and reads captions; images are decoded later (images.py).
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from lib_training.errors import DatasetError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+DEFAULT_CAPTION_EXTENSIONS = (".txt", ".caption")
+EXPECTED_LAYOUT = "<repeats>_<name>/ (for example '10_mychar woman/' holding the images and their .txt captions)"
+
+# `<repeats>_<tokens>`; tokens may contain further underscores and spaces (kohya joins them back).
+_SUBSET_NAME = re.compile(r"^(\d+)_(.*)$", re.DOTALL)
+_LEADING_WORD = re.compile(r"^([^_]*)_(.*)$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image of the dataset, with the caption that will be trained on."""
+
+    path: Path
+    caption: str
+    repeats: int
+    is_reg: bool
+    subset: str  # name of the subset folder, e.g. "10_nosnjaoutfit woman"
+
+
+@dataclass
+class Subset:
+    """One `<repeats>_<tokens>` folder (or a plain folder of images)."""
+
+    path: Path
+    repeats: int
+    tokens: str
+    is_reg: bool
+    items: list[ImageItem] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclass
+class DatasetSpec:
+    """Every subset found in the training folder and the optional regularisation folder."""
+
+    subsets: list[Subset]
+
+    @property
+    def train_subsets(self) -> list[Subset]:
+        return [s for s in self.subsets if not s.is_reg]
+
+    @property
+    def reg_subsets(self) -> list[Subset]:
+        return [s for s in self.subsets if s.is_reg]
+
+    @property
+    def train_items(self) -> list[ImageItem]:
+        return [item for s in self.train_subsets for item in s.items]
+
+    @property
+    def reg_items(self) -> list[ImageItem]:
+        return [item for s in self.reg_subsets for item in s.items]
+
+    @property
+    def num_train_images(self) -> int:
+        return len(self.train_items)
+
+    @property
+    def num_reg_images(self) -> int:
+        return len(self.reg_items)
+
+    @property
+    def num_train_samples(self) -> int:
+        """Training images seen per epoch: each image counts `repeats` times (kohya's epoch length)."""
+        return sum(item.repeats for item in self.train_items)
+
+    @property
+    def num_reg_samples(self) -> int:
+        return sum(item.repeats for item in self.reg_items)
+
+
+def scan_dataset(
+    train_dir: Path,
+    reg_dir: Path | None = None,
+    caption_extensions: Sequence[str] = DEFAULT_CAPTION_EXTENSIONS,
+) -> DatasetSpec:
+    """List the subsets, images and captions of a kohya-layout dataset; raise DatasetError if unusable."""
+    caption_exts = _normalise_extensions(caption_extensions)
+    subsets = _scan_root(Path(train_dir), is_reg=False, caption_exts=caption_exts)
+    if reg_dir is not None and str(reg_dir).strip():
+        subsets += _scan_root(Path(reg_dir), is_reg=True, caption_exts=caption_exts)
+    return DatasetSpec(subsets=subsets)
+
+
+def tag_frequency(spec: DatasetSpec) -> dict[str, dict[str, int]]:
+    """Tag counts per subset folder, as kohya's `ss_tag_frequency` metadata (lower-cased, once per image)."""
+    result: dict[str, dict[str, int]] = {}
+    for subset in spec.subsets:
+        # Subsets with the same folder name (train and reg) are merged, as kohya does.
+        counts = Counter(result.get(subset.name, {}))
+        for item in subset.items:
+            counts.update(tag.strip().lower() for tag in item.caption.split(",") if tag.strip())
+        result[subset.name] = dict(counts)
+    return result
+
+
+def parse_subset_name(name: str) -> tuple[int, str] | None:
+    """`"10_nosnja woman"` -> `(10, "nosnja woman")`; None when the name has no `<digits>_` prefix."""
+    match = _SUBSET_NAME.match(name)
+    if match is None:
+        return None
+    return int(match.group(1)), match.group(2).strip()
+
+
+def read_caption_file(path: Path) -> str:
+    """The caption in a text file, whatever its encoding; kohya uses the first non-empty line."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(
+            f"Cannot read caption file '{path}': {exc.strerror or exc}. "
+            "Check that the file is readable, or delete it to use the folder name as caption."
+        ) from exc
+    text = decode_text(data).replace("\x00", "")
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def decode_text(data: bytes) -> str:
+    """Decode caption bytes without ever failing: BOMs first, then UTF-8, cp1252 and latin-1."""
+    for bom, encoding in (
+        (codecs.BOM_UTF32_LE, "utf-32"),  # before UTF-16 LE: its BOM starts the same way
+        (codecs.BOM_UTF32_BE, "utf-32"),
+        (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16"),
+    ):
+        if data.startswith(bom):
+            try:
+                return data.decode(encoding)
+            except UnicodeDecodeError:
+                break  # a BOM-like start that lies; try the plain encodings below
+    guessed = _guess_bomless_utf16(data)
+    encodings = ((guessed,) if guessed else ()) + ("utf-8", "cp1252")
+    for encoding in encodings:
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")  # maps every byte, so this cannot fail
+
+
+def _guess_bomless_utf16(data: bytes) -> str | None:
+    """Notepad-style UTF-16 without BOM: ASCII text with every other byte NUL."""
+    if len(data) < 4 or len(data) % 2:
+        return None
+    even_nuls = data[0::2].count(0)
+    odd_nuls = data[1::2].count(0)
+    half = len(data) // 2
+    if odd_nuls > 0.6 * half and even_nuls == 0:
+        return "utf-16-le"
+    if even_nuls > 0.6 * half and odd_nuls == 0:
+        return "utf-16-be"
+    return None
+
+
+def _normalise_extensions(extensions: Iterable[str]) -> tuple[str, ...]:
+    normalised = []
+    for ext in extensions:
+        ext = ext.strip().lower()
+        if ext and not ext.startswith("."):
+            ext = "." + ext
+        if ext and ext not in normalised:
+            normalised.append(ext)
+    return tuple(normalised)
+
+
+def _scan_root(root: Path, is_reg: bool, caption_exts: tuple[str, ...]) -> list[Subset]:
+    """Subsets of one dataset root: its `<repeats>_<tokens>` subfolders, or the root itself."""
+    kind = "regularisation" if is_reg else "training"
+    _check_root(root, kind)
+    direct_images = _image_files(root)
+    subsets: list[Subset] = []
+    looked_at = [root]
+    for folder in _subfolders(root):
+        looked_at.append(folder)
+        images = _image_files(folder)
+        parsed = parse_subset_name(folder.name)
+        if not images:
+            continue  # empty or unrelated folder (logs, outputs): nothing to train on
+        if parsed is None or parsed[0] == 0:
+            raise DatasetError(_bad_name_message(folder, kind, parsed))
+        repeats, tokens = parsed
+        subsets.append(_make_subset(folder, images, repeats, tokens, is_reg, caption_exts))
+
+    if direct_images and subsets:
+        raise DatasetError(
+            f"The {kind} folder '{root}' holds images directly ({direct_images[0].name}, ...) as well as "
+            f"subfolders named {EXPECTED_LAYOUT}. Loose images next to subfolders are ambiguous: "
+            "move them into a '<repeats>_<name>' subfolder (or delete them)."
+        )
+    if direct_images:
+        # Convenience layout: a plain folder of images, seen once per epoch, captions or nothing.
+        subsets.append(_make_subset(root, direct_images, 1, "", is_reg, caption_exts))
+    if not subsets:
+        raise DatasetError(_no_images_message(root, kind, looked_at))
+    return subsets
+
+
+def _check_root(root: Path, kind: str) -> None:
+    if not root.exists():
+        raise DatasetError(
+            f"The {kind} folder '{root}' does not exist. Check the path (it must be a folder on this "
+            f"machine containing subfolders named {EXPECTED_LAYOUT})."
+        )
+    if not root.is_dir():
+        raise DatasetError(
+            f"The {kind} path '{root}' is a file, not a folder. Give the folder that contains "
+            f"subfolders named {EXPECTED_LAYOUT}."
+        )
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    # Hidden folders (.ipynb_checkpoints, .git) are never datasets.
+    return sorted(p for p in _list_dir(folder) if p.is_dir() and not p.name.startswith("."))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    # Dot-files are skipped: macOS "._x.png" resource forks carry an image extension but no image.
+    return sorted(
+        p
+        for p in _list_dir(folder)
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+    )
+
+
+def _list_dir(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as exc:
+        raise DatasetError(
+            f"Cannot list the folder '{folder}': {exc.strerror or exc}. Check that it exists and is readable."
+        ) from exc
+
+
+def _make_subset(
+    folder: Path,
+    images: list[Path],
+    repeats: int,
+    tokens: str,
+    is_reg: bool,
+    caption_exts: tuple[str, ...],
+) -> Subset:
+    captions = _caption_files(folder, caption_exts)
+    items = [
+        ImageItem(
+            path=image,
+            caption=_caption_for(image, captions, caption_exts) or tokens,
+            repeats=repeats,
+            is_reg=is_reg,
+            subset=folder.name,
+        )
+        for image in images
+    ]
+    return Subset(path=folder, repeats=repeats, tokens=tokens, is_reg=is_reg, items=items)
+
+
+def _caption_files(folder: Path, caption_exts: tuple[str, ...]) -> dict[tuple[str, str], Path]:
+    """Caption files keyed by (stem, lower-case extension), so `x.TXT` counts as `x.txt`."""
+    return {
+        (p.stem, p.suffix.lower()): p
+        for p in _list_dir(folder)
+        if p.suffix.lower() in caption_exts and p.is_file()
+    }
+
+
+def _caption_for(image: Path, captions: dict[tuple[str, str], Path], caption_exts: tuple[str, ...]) -> str:
+    """The caption of the first existing caption file in extension order; "" when none or empty."""
+    for ext in caption_exts:
+        caption_path = captions.get((image.stem, ext))
+        if caption_path is not None:
+            return read_caption_file(caption_path)
+    return ""
+
+
+def _bad_name_message(folder: Path, kind: str, parsed: tuple[int, str] | None) -> str:
+    if parsed is not None:  # repeats == 0
+        suggestion = f"1_{parsed[1]}" if parsed[1] else "1_name"
+        return (
+            f"The {kind} subfolder '{folder}' has 0 repeats, so its images would never be used. "
+            f"Rename it with a repeat count of 1 or more, for example '{suggestion}'."
+        )
+    word = _LEADING_WORD.match(folder.name)
+    hint = f" ('{word.group(1)}' is not a whole number)" if word else ""
+    return (
+        f"The {kind} subfolder '{folder}' contains images but its name does not start with a repeat count"
+        f"{hint}. Subfolders must be named {EXPECTED_LAYOUT}: rename it, for example to "
+        f"'10_{folder.name}', or move it out of '{folder.parent}'."
+    )
+
+
+def _no_images_message(root: Path, kind: str, looked_at: list[Path]) -> str:
+    shown = ", ".join(f"'{p}'" for p in looked_at[:8])
+    more = f" and {len(looked_at) - 8} more" if len(looked_at) > 8 else ""
+    exts = " ".join(IMAGE_EXTENSIONS)
+    return (
+        f"No images found in the {kind} folder '{root}'. Looked in: {shown}{more}. "
+        f"Expected images ({exts}) in subfolders named {EXPECTED_LAYOUT}, "
+        "or directly in the folder."
+    )

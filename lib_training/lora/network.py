@@ -1,0 +1,140 @@
+"""A set of LoRA modules over a model: attach, train, detach, save in kohya keys."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Mapping
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from .module import LoraModule
+from .targets import (
+    TEXT_ENCODER_CONTAINERS,
+    TEXT_ENCODER_PREFIX,
+    UNET_ATTENTION_CONTAINERS,
+    UNET_CONV_CONTAINERS,
+    UNET_PREFIX,
+    LoraTarget,
+    find_targets,
+)
+
+
+@dataclass(frozen=True)
+class NetworkShape:
+    """Rank/alpha of a network and which parts of the model it covers."""
+
+    rank: int = 16
+    alpha: float = 8.0
+    conv_rank: int = 0  # 0 = no conv layers (kohya's conv_dim)
+    conv_alpha: float = 1.0
+    text_encoder: bool = True  # False = "UNet only"
+
+
+def select_targets(model, shape: NetworkShape) -> list[LoraTarget]:
+    """The modules kohya's networks.lora would adapt on this model (a ModelAdapter)."""
+    unet_containers = UNET_ATTENTION_CONTAINERS + (UNET_CONV_CONTAINERS if shape.conv_rank > 0 else ())
+    targets = find_targets(
+        model.named_unet_modules(), UNET_PREFIX, unet_containers,
+        shape.rank, shape.alpha, shape.conv_rank, shape.conv_alpha,
+    )
+    if shape.text_encoder:
+        targets += find_targets(
+            model.named_text_encoder_modules(), TEXT_ENCODER_PREFIX, TEXT_ENCODER_CONTAINERS,
+            shape.rank, shape.alpha,
+        )
+    return targets
+
+
+class LoraNetwork(nn.Module):
+    def __init__(self, targets: list[LoraTarget]):
+        super().__init__()
+        if not targets:
+            raise CheckpointError("No LoRA target modules were found in this model; is it a Stable Diffusion 1.x/2.x model?")
+        self.lora_modules = nn.ModuleDict(
+            {t.kohya_name: LoraModule(t.kohya_name, t.module, t.rank, t.alpha) for t in targets}
+        )
+
+    @classmethod
+    def for_model(cls, model, shape: NetworkShape) -> "LoraNetwork":
+        network = cls(select_targets(model, shape))
+        base = next(iter(network.lora_modules.values())).base
+        network.to(device=base.weight.device)
+        return network
+
+    def __iter__(self) -> Iterator[LoraModule]:
+        return iter(self.lora_modules.values())
+
+    def attach(self) -> None:
+        for module in self:
+            module.attach()
+
+    def detach(self) -> None:
+        for module in self:
+            module.detach()
+
+    @contextmanager
+    def attached(self):
+        """Hooks in place for the duration, removed whatever happens."""
+        self.attach()
+        try:
+            yield self
+        finally:
+            self.detach()
+
+    def set_multiplier(self, multiplier: float) -> None:
+        for module in self:
+            module.multiplier = multiplier
+
+    def parameters_of(self, prefix: str) -> list[nn.Parameter]:
+        return [p for m in self if m.kohya_name.startswith(prefix + "_") for p in m.parameters()]
+
+    def unet_parameters(self) -> list[nn.Parameter]:
+        return self.parameters_of(UNET_PREFIX)
+
+    def text_encoder_parameters(self) -> list[nn.Parameter]:
+        return self.parameters_of(TEXT_ENCODER_PREFIX)
+
+    def count(self, prefix: str) -> int:
+        return sum(1 for m in self if m.kohya_name.startswith(prefix + "_"))
+
+    def kohya_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """`<name>.lora_down.weight`, `<name>.lora_up.weight`, `<name>.alpha`, contiguous, on CPU."""
+        tensors: dict[str, torch.Tensor] = {}
+        for module in self:
+            for key, value in (
+                ("lora_down.weight", module.lora_down.weight),
+                ("lora_up.weight", module.lora_up.weight),
+                ("alpha", module.alpha),
+            ):
+                value = value.detach().to("cpu", dtype=dtype or value.dtype).contiguous()
+                tensors[f"{module.kohya_name}.{key}"] = value.clone()
+        return tensors
+
+    def load_kohya_state_dict(self, tensors: Mapping[str, torch.Tensor], source: str = "the LoRA file") -> None:
+        """Exact load: every module present, no extra keys, shapes equal."""
+        expected = set(self.kohya_state_dict().keys())
+        missing = sorted(expected - tensors.keys())
+        unexpected = sorted(tensors.keys() - expected)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{source} does not match this network (missing {len(missing)} keys, e.g. {missing[:2]}; "
+                f"unexpected {len(unexpected)}, e.g. {unexpected[:2]}). It was trained with another rank, "
+                "target set or base model family."
+            )
+        with torch.no_grad():
+            for module in self:
+                for key, target in (
+                    ("lora_down.weight", module.lora_down.weight),
+                    ("lora_up.weight", module.lora_up.weight),
+                    ("alpha", module.alpha),
+                ):
+                    value = tensors[f"{module.kohya_name}.{key}"]
+                    if value.shape != target.shape:
+                        raise CheckpointError(
+                            f"{source}: {module.kohya_name}.{key} has shape {tuple(value.shape)}, "
+                            f"expected {tuple(target.shape)}."
+                        )
+                    target.copy_(value)

@@ -1,0 +1,83 @@
+"""The one small protocol every model backend implements.
+
+The trainer talks to a model only through this: the diffusers backend (CLI, tests)
+and the WebUI backend (A1111's loaded ldm model) both fit it. Module names handed to
+the LoRA code are always *diffusers* paths, so saved files use kohya's keys whatever
+the backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol, Sequence
+
+import torch
+from torch import nn
+
+EPSILON = "epsilon"
+V_PREDICTION = "v_prediction"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the saved LoRA's metadata says about the base model."""
+
+    family: str  # "sd1" | "sd2"
+    prediction_type: str  # EPSILON | V_PREDICTION
+    name: str = ""  # file name of the checkpoint, as ss_sd_model_name
+    legacy_hash: str = ""  # A1111's old 8-hex hash (ss_sd_model_hash)
+    sha256: str = ""  # full file sha256 (ss_new_sd_model_hash)
+    clip_skip: int = 1
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def base_model_version(self) -> str:
+        """kohya's ss_base_model_version."""
+        if self.family == "sd2":
+            return "sd_v2" + ("_v" if self.prediction_type == V_PREDICTION else "")
+        return "sd_v1"
+
+    @property
+    def modelspec_architecture(self) -> str:
+        if self.family == "sd2":
+            return "stable-diffusion-v2-768-v/lora" if self.prediction_type == V_PREDICTION else "stable-diffusion-v2-512/lora"
+        return "stable-diffusion-v1/lora"
+
+
+class ModelAdapter(Protocol):
+    """A text-to-image latent diffusion model, seen from the trainer."""
+
+    info: ModelInfo
+    device: torch.device
+    dtype: torch.dtype  # dtype of the UNet weights
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """The training noise schedule, float32 on `device`, length = number of timesteps."""
+
+    def unet(self) -> nn.Module:
+        """The denoiser, whose modules carry diffusers names (see `named_unet_modules`)."""
+
+    def text_encoder(self) -> nn.Module:
+        """The text encoder (CLIP text transformer)."""
+
+    def named_unet_modules(self) -> Iterator[tuple[str, nn.Module]]:
+        """(diffusers module path, module) for every UNet module, e.g. 'down_blocks.0.attentions.0'."""
+
+    def named_text_encoder_modules(self) -> Iterator[tuple[str, nn.Module]]:
+        """(transformers CLIPTextModel path, module), e.g. 'text_model.encoder.layers.0.self_attn'."""
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1], (B, 3, H, W) -> scaled latents (B, C, H/8, W/8) as the UNet sees them."""
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> pixels in [-1, 1]."""
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Captions -> UNet conditioning (B, tokens, dim); differentiable through the text encoder."""
+
+    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """UNet output (noise for eps models, v for v-prediction models)."""
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Non-reentrant checkpointing of the UNet (and text encoder) blocks, or off."""

@@ -1,0 +1,100 @@
+"""ModelAdapter over diffusers/transformers modules (CLI, benchmarks, tests)."""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from .adapter import ModelInfo
+from .schedule import scaled_linear_alphas_cumprod
+
+TOKEN_WINDOW = 77
+
+
+class DiffusersAdapter:
+    def __init__(self, unet: nn.Module, vae: nn.Module, text_encoder: nn.Module, tokenizer, info: ModelInfo,
+                 vae_scaling_factor: float | None = None):
+        self._unet = unet
+        self._vae = vae
+        self._text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.info = info
+        self.vae_scaling_factor = vae_scaling_factor or getattr(vae.config, "scaling_factor", 0.18215)
+        self._alphas_cumprod = scaled_linear_alphas_cumprod().to(self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self._unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self._unet.parameters()).dtype
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self._alphas_cumprod
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "DiffusersAdapter":
+        for module in (self._unet, self._vae, self._text_encoder):
+            module.to(device=device, dtype=dtype)
+        self._alphas_cumprod = self._alphas_cumprod.to(device)
+        return self
+
+    def unet(self) -> nn.Module:
+        return self._unet
+
+    def text_encoder(self) -> nn.Module:
+        return self._text_encoder
+
+    def vae(self) -> nn.Module:
+        return self._vae
+
+    def named_unet_modules(self) -> Iterator[tuple[str, nn.Module]]:
+        return self._unet.named_modules()
+
+    def named_text_encoder_modules(self) -> Iterator[tuple[str, nn.Module]]:
+        # kohya names use transformers 4's paths ('text_model.encoder...'); 5.x dropped that level.
+        if hasattr(self._text_encoder, "text_model"):
+            return self._text_encoder.named_modules()
+        return self._text_encoder.named_modules(prefix="text_model")
+
+    def checkpoint_units(self) -> list[nn.Module]:
+        """Blocks whose activations are recomputed under gradient checkpointing."""
+        units = [m for m in self._unet.modules() if type(m).__name__ in ("ResnetBlock2D", "Transformer2DModel")]
+        return units + list(_text_root(self._text_encoder).encoder.layers)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        vae_dtype = next(self._vae.parameters()).dtype
+        posterior = self._vae.encode(pixels.to(self.device, vae_dtype)).latent_dist
+        return posterior.sample() * self.vae_scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        vae_dtype = next(self._vae.parameters()).dtype
+        return self._vae.decode(latents.to(vae_dtype) / self.vae_scaling_factor).sample.clamp(-1, 1)
+
+    def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(
+            list(prompts), padding="max_length", max_length=TOKEN_WINDOW, truncation=True, return_tensors="pt"
+        ).input_ids.to(self.device)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        ids = self.tokenize(prompts)
+        clip_skip = self.info.clip_skip
+        out = self._text_encoder(ids, output_hidden_states=clip_skip > 1)
+        if clip_skip <= 1:
+            return out.last_hidden_state
+        # As A1111 and kohya: an earlier layer, then the final layer norm.
+        hidden = out.hidden_states[-clip_skip]
+        return _text_root(self._text_encoder).final_layer_norm(hidden)
+
+    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self._unet(noisy_latents, timesteps, encoder_hidden_states=cond).sample
+
+
+def _text_root(text_encoder: nn.Module) -> nn.Module:
+    """The CLIP text transformer (transformers 4 nests it as `.text_model`, 5.x does not)."""
+    return getattr(text_encoder, "text_model", text_encoder)

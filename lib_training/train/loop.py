@@ -1,0 +1,357 @@
+"""The training loop: one `train()` for the WebUI, the CLI and the tests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import TrainConfig
+from ..data.captions import process_caption
+from ..data.dataset import LatentCache, Sample, epoch_batches
+from ..errors import SettingsError, TrainingCancelled, TrainingError
+from ..fileio import atomic_write_text
+from ..lora.io import save_lora
+from ..lora.metadata import RunFacts, build_metadata
+from ..lora.network import LoraNetwork, NetworkShape
+from ..models.adapter import ModelAdapter
+from ..seeding import derived_seed, generator
+from . import events as ev
+from .guard import frozen, gradient_checkpointing
+from .loss import add_noise, min_snr_weights, per_sample_mse, sample_noise, target_for
+from .optim import build_optimizer
+from .plan import RunPlan, make_plan
+from .schedule import build_scheduler
+from .state import ResumeState, load_state, save_state
+
+SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+LOG_FILE = "log.jsonl"
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    files: list[Path]
+    steps: int
+    seconds: float
+    final_loss: float
+    losses: list[tuple[int, float]] = field(default_factory=list)
+
+
+def train(config: TrainConfig, model: ModelAdapter, on_event: ev.EventSink | None = None,
+          cancel: ev.CancelToken | None = None, resume: bool = False) -> TrainResult:
+    """Train a LoRA on `model` as `config` says; the model is left exactly as found."""
+    config.validate()
+    plan = make_plan(config, resuming=resume)
+    state = load_state(plan.run_dir) if resume else None
+    if state is not None:
+        _check_resumable(state, config, plan)
+    trainer = _Trainer(config, model, plan, on_event or (lambda event: None), cancel or ev.CancelToken())
+    return trainer.run(state)
+
+
+def _check_resumable(state: ResumeState, config: TrainConfig, plan: RunPlan) -> None:
+    saved = TrainConfig.from_dict(_toml_loads(state.config_toml), source="the saved run")
+    if saved.network != config.network or saved.train.seed != config.train.seed:
+        raise SettingsError("The saved run used other network settings or another seed; resume it with the "
+                            f"settings in {plan.run_dir / 'config.toml'}, or start a new run.")
+    if state.step >= plan.total_steps:
+        raise SettingsError(f"The saved run already finished its {plan.total_steps} steps; nothing to resume.")
+
+
+def _toml_loads(text: str) -> dict:
+    from ..config import tomllib
+
+    return tomllib.loads(text)
+
+
+class _Trainer:
+    def __init__(self, config: TrainConfig, model: ModelAdapter, plan: RunPlan, emit: ev.EventSink,
+                 cancel: ev.CancelToken):
+        self.c, self.model, self.plan, self.emit, self.cancel_token = config, model, plan, emit, cancel
+        self.device = model.device
+        self.autocast_dtype = _autocast_dtype(config.train.mixed_precision, self.device)
+        self.train_text_encoder = config.network.train_text_encoder and config.optimizer.text_encoder_lr > 0
+        self.cond_cache: dict[str, torch.Tensor] | None = (
+            {} if not self.train_text_encoder and not config.data.shuffle_captions
+            and config.data.caption_dropout == 0 else None)
+        self.losses: list[tuple[int, float]] = []
+        self.files: list[Path] = []
+        self.facts = RunFacts(started_at=time.time(), max_steps=plan.total_steps,
+                              batches_per_epoch=plan.batches_per_epoch,
+                              num_train_images=plan.dataset.num_train_images,
+                              num_reg_images=plan.dataset.num_reg_images,
+                              dataset_dirs=plan.dataset_dirs, tag_frequency=plan.tag_frequency,
+                              bucket_info=plan.bucket_info,
+                              mixed_precision=_precision_label(self.autocast_dtype))
+
+    # ---- set-up -------------------------------------------------------------------------
+    def run(self, state: ResumeState | None) -> TrainResult:
+        base_modules = [self.model.unet(), self.model.text_encoder()]
+        with frozen(base_modules), contextlib.ExitStack() as stack:
+            self.network = self._make_network()
+            stack.enter_context(self.network.attached())
+            stack.enter_context(gradient_checkpointing(
+                self.model.checkpoint_units(), self.c.train.gradient_checkpointing))
+            self.caches = self._make_caches()
+            self.optimizer = self._make_optimizer()
+            self.scheduler = build_scheduler(self.optimizer, self.c.optimizer, self.plan.total_steps)
+            self.scaler = _grad_scaler(self.autocast_dtype, self.device)
+            start_step = self._restore(state) if state else 0
+            self.plan.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.plan.run_dir / "config.toml", self.c.to_toml())
+            return self._loop(start_step)
+
+    def _make_network(self) -> LoraNetwork:
+        n = self.c.network
+        shape = NetworkShape(n.rank, n.alpha, n.conv_rank, n.conv_alpha, n.train_text_encoder)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derived_seed(self.c.train.seed, "lora-init"))
+            return LoraNetwork.for_model(self.model, shape)
+
+    def _make_caches(self) -> tuple[LatentCache, LatentCache]:
+        d = self.c.data
+        tag = f"{self.model.info.name}:{self.model.info.sha256 or self.model.info.legacy_hash}"
+        caches = tuple(
+            LatentCache(samples, self.model.encode_images, tag, self.c.train.seed,
+                        to_disk=d.cache_latents_to_disk, keep_in_memory=d.cache_latents)
+            for samples in (self.plan.train_samples, self.plan.reg_samples))
+        if d.cache_latents:
+            for cache in caches:
+                cache.fill(flips=d.flip)
+        return caches
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        o = self.c.optimizer
+        groups = []
+        if o.unet_lr > 0:
+            groups.append({"params": self.network.unet_parameters(), "lr": o.unet_lr})
+        else:
+            for p in self.network.unet_parameters():
+                p.requires_grad_(False)
+        te_params = self.network.text_encoder_parameters()
+        if self.train_text_encoder:
+            groups.append({"params": te_params, "lr": o.text_encoder_lr})
+        else:
+            for p in te_params:
+                p.requires_grad_(False)
+        return build_optimizer(o, groups, self.device)
+
+    def _restore(self, state: ResumeState) -> int:
+        self.network.load_kohya_state_dict(state.lora, source="the saved run")
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        self.losses = _read_log(self.plan.run_dir / LOG_FILE, upto=state.step)
+        self.emit(ev.Message(f"Resuming at step {state.step} of {self.plan.total_steps}."))
+        return state.step
+
+    # ---- the loop -----------------------------------------------------------------------
+    def _loop(self, start_step: int) -> TrainResult:
+        t, plan, accum = self.c.train, self.plan, self.c.train.grad_accumulation
+        self.emit(ev.Started(plan.total_steps, math.ceil(plan.batches_per_epoch / accum), plan.epochs,
+                             plan.dataset.num_train_images, plan.dataset.num_reg_images, start_step))
+        started = time.monotonic()
+        step, pending, last_loss = start_step, [], float("nan")
+        micro = step * accum
+        self._truncate_log(step)
+        while step < plan.total_steps:
+            if self.cancel_token.cancelled:
+                self._save_resume_state(step)
+                raise TrainingCancelled(f"Training cancelled at step {step} of {plan.total_steps}. "
+                                        f"Resume it later (state in {plan.run_dir}).")
+            for _ in range(accum):
+                loss = self._micro_batch_loss(micro)
+                self._backward(loss / accum)
+                pending.append(loss.detach())
+                micro += 1
+            self._optimizer_step()
+            step += 1
+            epoch_done = self._epoch_ended(micro, accum)
+            if step % t.loss_readback_steps == 0 or step == plan.total_steps or epoch_done:
+                last_loss = self._read_back(pending, step, started, start_step)
+                pending = []
+            if epoch_done and step < plan.total_steps:
+                self._maybe_save_epoch(micro // plan.batches_per_epoch, step)
+            if t.sample_every_steps and step % t.sample_every_steps == 0:
+                self._request_samples(step)
+        return self._finish(step, time.monotonic() - started, last_loss)
+
+    def _epoch_ended(self, micro: int, accum: int) -> bool:
+        bpe = self.plan.batches_per_epoch
+        return (micro // bpe) > ((micro - accum) // bpe)
+
+    def _micro_batch_loss(self, micro: int) -> torch.Tensor:
+        plan, d = self.plan, self.c.data
+        epoch, offset = divmod(micro, plan.batches_per_epoch)
+        batch = epoch_batches(plan.train_samples, self.c.train.batch_size, self.c.train.seed, epoch)[offset]
+        gen = generator(self.c.train.seed, "micro", micro)
+        loss = self._batch_loss(plan.train_samples, self.caches[0], batch, gen)
+        if plan.reg_samples and d.prior_loss_weight > 0:
+            reg_batches = epoch_batches(plan.reg_samples, self.c.train.batch_size, self.c.train.seed,
+                                        epoch, use_repeats=False)
+            reg_batch = reg_batches[micro % len(reg_batches)]
+            loss = loss + d.prior_loss_weight * self._batch_loss(plan.reg_samples, self.caches[1], reg_batch, gen)
+        return loss
+
+    def _batch_loss(self, samples: list[Sample], cache: LatentCache, batch: list[int],
+                    gen: torch.Generator) -> torch.Tensor:
+        d, t = self.c.data, self.c.train
+        rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=gen)))
+        flips = [d.flip and rng.random() < 0.5 for _ in batch]
+        latents = torch.stack([cache.get(i, f) for i, f in zip(batch, flips)]).to(self.device)
+        captions = [process_caption(samples[i].item.caption, rng, d.shuffle_captions, d.keep_tokens,
+                                    d.caption_dropout) for i in batch]
+        timesteps = torch.randint(0, len(self.model.alphas_cumprod), (len(batch),), generator=gen).to(self.device)
+        noise = sample_noise(latents, t.noise_offset, gen)
+        alphas = self.model.alphas_cumprod
+        noisy = add_noise(latents, noise, timesteps, alphas)
+        with self._autocast():
+            cond = self._conditioning(captions)
+            prediction = self.model.predict(noisy.to(self.model.dtype), timesteps, cond)
+        target = target_for(self.model.info.prediction_type, latents, noise, timesteps, alphas)
+        losses = per_sample_mse(prediction, target)
+        if t.min_snr_gamma > 0:
+            losses = losses * min_snr_weights(timesteps, alphas, t.min_snr_gamma, self.model.info.prediction_type)
+        return losses.mean()
+
+    def _conditioning(self, captions: list[str]) -> torch.Tensor:
+        if self.train_text_encoder:
+            return self.model.encode_prompts(captions)
+        if self.cond_cache is None:
+            with torch.no_grad():
+                return self.model.encode_prompts(captions)
+        missing = [c for c in dict.fromkeys(captions) if c not in self.cond_cache]
+        if missing:
+            with torch.no_grad():
+                for caption, cond in zip(missing, self.model.encode_prompts(missing)):
+                    self.cond_cache[caption] = cond
+        return torch.stack([self.cond_cache[c] for c in captions])
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def _optimizer_step(self) -> None:
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.c.optimizer.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.c.optimizer.max_grad_norm, foreach=True)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # ---- reporting and files ------------------------------------------------------------
+    def _read_back(self, pending: list[torch.Tensor], step: int, started: float, start_step: int) -> float:
+        """One device->host copy for several steps; NaN/inf stops the run here."""
+        values = torch.stack(pending).float().cpu().tolist()
+        accum = self.c.train.grad_accumulation
+        first = step - len(values) // accum + 1
+        per_step = [sum(values[i:i + accum]) / accum for i in range(0, len(values), accum)]
+        for offset, value in enumerate(per_step):
+            if not math.isfinite(value):
+                self._stop_on_nan(first + offset - 1, value)
+            self.losses.append((first + offset, value))
+        self._append_log(self.losses[-len(per_step):])
+        elapsed = time.monotonic() - started
+        done = step - start_step
+        eta = elapsed / done * (self.plan.total_steps - step) if done else 0.0
+        epoch = (step * accum) // self.plan.batches_per_epoch + 1
+        mean = sum(per_step) / len(per_step)
+        self.emit(ev.StepDone(step, self.plan.total_steps, min(epoch, self.plan.epochs), mean,
+                              self.scheduler.get_last_lr()[0], elapsed, eta))
+        return per_step[-1]
+
+    def _stop_on_nan(self, step: int, value: float) -> None:
+        kept = f" The last good file is {self.files[-1]}." if self.files else " No epoch had finished yet."
+        raise TrainingError(
+            f"The loss became {value} at step {step + 1}; training stopped.{kept} "
+            "Lower the learning rate, use fp32 or bf16 instead of fp16, or turn on gradient clipping."
+        )
+
+    def _maybe_save_epoch(self, epoch: int, step: int) -> None:
+        every = self.c.train.save_every_epochs
+        if every and epoch % every == 0:
+            path = self._save(self.plan.epoch_file(self.c.output.name, epoch), epoch, step)
+            self.emit(ev.EpochSaved(epoch, path))
+
+    def _save(self, path: Path, epoch: int, step: int) -> Path:
+        tensors = self.network.kohya_state_dict(SAVE_DTYPES[self.c.output.save_dtype])
+        if not all(torch.isfinite(v).all() for v in tensors.values()):
+            self._stop_on_nan(step - 1, float("nan"))
+        self.facts.epoch, self.facts.steps, self.facts.finished_at = epoch, step, time.time()
+        save_lora(path, tensors, build_metadata(self.c, self.model.info, self.facts))
+        self.files.append(path)
+        return path
+
+    def _request_samples(self, step: int) -> None:
+        prompts = tuple(self.c.train.sample_prompts)
+        if prompts:
+            with torch.no_grad():
+                self.emit(ev.SampleRequest(step, prompts, self.c.train.seed))
+
+    def _save_resume_state(self, step: int) -> None:
+        save_state(self.plan.run_dir, ResumeState(
+            step=step, lora=self.network.kohya_state_dict(), optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), config_toml=self.c.to_toml()))
+
+    def _finish(self, step: int, seconds: float, last_loss: float) -> TrainResult:
+        epochs_done = min(self.plan.epochs, math.ceil(step * self.c.train.grad_accumulation
+                                                      / self.plan.batches_per_epoch))
+        path = self._save(self.plan.final_file(self.c.output.name), epochs_done, step)
+        self.emit(ev.Finished(path, step, seconds, last_loss, tuple(self.files)))
+        return TrainResult(path, list(self.files), step, seconds, last_loss, list(self.losses))
+
+    def _append_log(self, entries: list[tuple[int, float]]) -> None:
+        with open(self.plan.run_dir / LOG_FILE, "a", encoding="utf-8") as f:
+            for step, loss in entries:
+                f.write(json.dumps({"step": step, "loss": loss}) + "\n")
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines past the resume point (they were never part of a saved state)."""
+        log = self.plan.run_dir / LOG_FILE
+        atomic_write_text(log, "".join(json.dumps({"step": s, "loss": v}) + "\n" for s, v in self.losses
+                                       if s <= step))
+
+
+def _read_log(path: Path, upto: int) -> list[tuple[int, float]]:
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record["step"] <= upto:
+            entries.append((record["step"], record["loss"]))
+    return entries
+
+
+def _autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None  # fp32 on CPU: autocast there is slow and bf16 loses too much for LoRA
+    if mixed_precision in ("auto", "fp16"):
+        return torch.float16
+    return torch.bfloat16 if mixed_precision == "bf16" else None
+
+
+def _precision_label(dtype: torch.dtype | None) -> str:
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "no")
+
+
+def _grad_scaler(dtype: torch.dtype | None, device: torch.device):
+    if dtype == torch.float16 and device.type == "cuda":
+        return torch.cuda.amp.GradScaler()
+    return None

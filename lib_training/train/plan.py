@@ -1,0 +1,93 @@
+"""Everything decided before the first step: dataset, samples, step counts, output paths.
+
+Building a plan reads every image once and checks every output path, so bad input
+fails here with one clear message and nothing written.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import TrainConfig
+from ..data.dataset import Sample, plan_samples
+from ..data.folders import DatasetSpec, scan_dataset, tag_frequency
+from ..errors import DatasetError, SettingsError
+from ..fileio import path_inside
+
+
+@dataclass
+class RunPlan:
+    dataset: DatasetSpec
+    train_samples: list[Sample]
+    reg_samples: list[Sample]
+    batches_per_epoch: int
+    total_steps: int  # optimizer steps
+    epochs: int
+    output_dir: Path
+    run_dir: Path
+
+    def epoch_file(self, name: str, epoch: int) -> Path:
+        return path_inside(self.output_dir, f"{name}-{epoch:06d}.safetensors")
+
+    def final_file(self, name: str) -> Path:
+        return path_inside(self.output_dir, f"{name}.safetensors")
+
+    @property
+    def dataset_dirs(self) -> dict:
+        return {s.path.name: {"n_repeats": s.repeats, "img_count": len(s.items)} for s in self.dataset.subsets}
+
+    @property
+    def tag_frequency(self) -> dict:
+        return tag_frequency(self.dataset)
+
+    @property
+    def bucket_info(self) -> dict:
+        counts: dict[str, int] = {}
+        for sample in self.train_samples:
+            key = f"{sample.bucket[0]}x{sample.bucket[1]}"
+            counts[key] = counts.get(key, 0) + sample.item.repeats
+        return {"buckets": counts}
+
+
+def make_plan(config: TrainConfig, resuming: bool = False) -> RunPlan:
+    d, t = config.data, config.train
+    dataset = scan_dataset(Path(d.train_dir), Path(d.reg_dir) if d.reg_dir else None,
+                           caption_extensions=(d.caption_extension,) + tuple(
+                               e for e in (".txt", ".caption") if e != d.caption_extension))
+    if not dataset.train_items:
+        raise DatasetError(f"{d.train_dir} has no training images (only class images). "
+                           "Put training images in <repeats>_<name>/ subfolders.")
+    train_samples = plan_samples(dataset.train_items, d.resolution, d.bucketing, d.bucket_step)
+    reg_samples = plan_samples(dataset.reg_items, d.resolution, d.bucketing, d.bucket_step)
+    batches = sum(math.ceil(n / t.batch_size) for n in _bucket_sizes(train_samples))
+    if t.max_steps > 0:
+        total_steps = t.max_steps
+        epochs = math.ceil(total_steps * t.grad_accumulation / batches)
+    else:
+        epochs = t.epochs
+        total_steps = math.ceil(epochs * batches / t.grad_accumulation)
+    output_dir = Path(config.output.output_dir)
+    run_dir = Path(config.output.runs_dir) if config.output.runs_dir else output_dir / "lora_studio_runs"
+    plan = RunPlan(dataset, train_samples, reg_samples, batches, total_steps, epochs,
+                   output_dir, run_dir / config.output.name)
+    if not resuming:
+        _refuse_overwrite(plan, config)
+    return plan
+
+
+def _bucket_sizes(samples: list[Sample]) -> list[int]:
+    sizes: dict[tuple[int, int], int] = {}
+    for sample in samples:
+        sizes[sample.bucket] = sizes.get(sample.bucket, 0) + sample.item.repeats
+    return list(sizes.values())
+
+
+def _refuse_overwrite(plan: RunPlan, config: TrainConfig) -> None:
+    final = plan.final_file(config.output.name)
+    if final.exists() and not config.output.overwrite:
+        raise SettingsError(
+            f"{final} already exists. Choose another output name, or allow overwriting "
+            "(output.overwrite = true / --overwrite)."
+        )
