@@ -12,8 +12,11 @@ make_env() {
   ".venv-tests/$name/bin/pip" install -q -r "$reqs"
   cp "$reqs" "$stamp"
 }
-make_env a1111 tests/requirements-a1111.txt
-# open_clip ships CLIP's BPE vocabulary; the tests build an offline tokenizer from it.
-# --no-deps: its torchvision dependency would replace the CPU torch.
-.venv-tests/a1111/bin/pip install -q --no-deps open-clip-torch==2.20.0
-make_env current tests/requirements-current.txt
+for env in a1111 current; do
+  make_env $env tests/requirements-$env.txt
+  # open_clip ships CLIP's BPE vocabulary; the tests build an offline tokenizer from it.
+  # --no-deps: its torchvision dependency would replace the CPU torch.
+  if ! .venv-tests/$env/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('open_clip') is None)"; then
+    .venv-tests/$env/bin/pip install -q --no-deps open-clip-torch==2.20.0
+  fi
+done

@@ -227,8 +227,8 @@ def _scan_root(root: Path, is_reg: bool, caption_exts: tuple[str, ...]) -> list[
 def _check_root(root: Path, kind: str) -> None:
     if not root.exists():
         raise DatasetError(
-            f"The {kind} folder '{root}' does not exist. Check the path (it must be a folder on this "
-            f"machine containing subfolders named {EXPECTED_LAYOUT})."
+            f"The {kind} folder '{root}' does not exist. Check the path: it must be a folder on this "
+            f"machine containing subfolders named {EXPECTED_LAYOUT}."
         )
     if not root.is_dir():
         raise DatasetError(
@@ -283,10 +283,13 @@ def _make_subset(
 
 
 def _caption_files(folder: Path, caption_exts: tuple[str, ...]) -> dict[tuple[str, str], Path]:
-    """Caption files keyed by (stem, lower-case extension), so `x.TXT` counts as `x.txt`."""
+    """Caption files keyed by (stem, lower-case extension), so `x.TXT` counts as `x.txt`.
+
+    Sorted so that when both exist, `x.txt` (sorting after `x.TXT`) deterministically wins.
+    """
     return {
         (p.stem, p.suffix.lower()): p
-        for p in _list_dir(folder)
+        for p in sorted(_list_dir(folder))
         if p.suffix.lower() in caption_exts and p.is_file()
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 import struct
 import warnings
@@ -63,14 +64,17 @@ def read_size(path: Path) -> tuple[int, int]:
     _check_file(path)
     try:
         with Image.open(path) as img:
+            _check_pixels(img, path)  # refuse bombs at scan time already, not mid-training
             width, height = img.size
             orientation = _exif_orientation(img)
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(_too_large_message(path, detail=str(exc))) from exc
     except UnidentifiedImageError as exc:
         raise DatasetError(
             f"'{path}' is not an image that can be read. Re-save it from an image editor, "
             "or remove it from the dataset."
         ) from exc
-    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError, struct.error) as exc:
+    except (OSError, SyntaxError, ValueError, struct.error) as exc:
         raise DatasetError(
             f"The image '{path}' cannot be read ({exc}). Re-download or re-export it, or remove it."
         ) from exc
@@ -164,9 +168,10 @@ def _check_pixels(img: Image.Image, path: Path) -> None:
 
 
 def _too_large_message(path: Path, detail: str) -> str:
+    side = math.isqrt(MAX_IMAGE_PIXELS)
     return (
         f"The image '{path}' is too large to load safely ({detail}; the limit is {MAX_IMAGE_PIXELS:,} "
-        "pixels, e.g. 8192x8192). It may be damaged or a decompression bomb; if it is a real photo, "
+        f"pixels, about {side}x{side}). It may be damaged or a decompression bomb; if it is a real photo, "
         "downscale it (training uses 512-1024 px anyway) and try again."
     )
 
@@ -209,7 +214,7 @@ def _exif_transpose(img: Image.Image, path: Path) -> Image.Image:
     except (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error) as exc:
         # Broken EXIF should not cost a good image; keep the stored orientation.
         logger.warning("Ignoring unreadable EXIF orientation of '%s': %s", path, exc)
-        return img
+        return img.copy()  # detached from the file, like exif_transpose's own result
 
 
 def _has_alpha(img: Image.Image) -> bool:

@@ -18,8 +18,8 @@ class LoraModule(nn.Module):
         super().__init__()
         self.kohya_name = kohya_name
         self.rank = rank
-        # kohya stores alpha as a tensor so that it travels inside the file.
-        self.register_buffer("alpha", torch.tensor(float(alpha)))
+        # A Python float, not a tensor: reading a CUDA scalar in every forward would sync the device.
+        self.alpha = float(alpha)
         self.multiplier = 1.0
         if isinstance(base, nn.Conv2d):
             self.lora_down = nn.Conv2d(
@@ -43,7 +43,7 @@ class LoraModule(nn.Module):
 
     @property
     def scale(self) -> float:
-        return float(self.alpha) / self.rank
+        return self.alpha / self.rank
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         down = self.lora_down.weight

@@ -107,15 +107,16 @@ class LoraNetwork(nn.Module):
             for key, value in (
                 ("lora_down.weight", module.lora_down.weight),
                 ("lora_up.weight", module.lora_up.weight),
-                ("alpha", module.alpha),
             ):
                 value = value.detach().to("cpu", dtype=dtype or value.dtype).contiguous()
                 tensors[f"{module.kohya_name}.{key}"] = value.clone()
+            # kohya stores alpha as a scalar tensor of the save dtype
+            tensors[f"{module.kohya_name}.alpha"] = torch.tensor(module.alpha, dtype=dtype or torch.float32)
         return tensors
 
     def load_kohya_state_dict(self, tensors: Mapping[str, torch.Tensor], source: str = "the LoRA file") -> None:
         """Exact load: every module present, no extra keys, shapes equal."""
-        expected = set(self.kohya_state_dict().keys())
+        expected = {f"{m.kohya_name}.{key}" for m in self for key in ("lora_down.weight", "lora_up.weight", "alpha")}
         missing = sorted(expected - tensors.keys())
         unexpected = sorted(tensors.keys() - expected)
         if missing or unexpected:
@@ -126,10 +127,10 @@ class LoraNetwork(nn.Module):
             )
         with torch.no_grad():
             for module in self:
+                module.alpha = float(tensors[f"{module.kohya_name}.alpha"])
                 for key, target in (
                     ("lora_down.weight", module.lora_down.weight),
                     ("lora_up.weight", module.lora_up.weight),
-                    ("alpha", module.alpha),
                 ):
                     value = tensors[f"{module.kohya_name}.{key}"]
                     if value.shape != target.shape:

@@ -112,7 +112,7 @@ def unet_module_map(config: Config) -> dict[str, str]:
     layers = _per_block(config["layers_per_block"], n, "layers_per_block")
     depths = _per_block(config.get("transformer_layers_per_block", 1), n, "transformer_layers_per_block")
     reverse_depths = config.get("reverse_transformer_layers_per_block")
-    up_depths = _per_block(reverse_depths, n, "reverse_") if reverse_depths is not None else depths[::-1]
+    up_depths = _per_block(reverse_depths, n, "reverse_transformer_layers_per_block") if reverse_depths is not None else depths[::-1]
 
     out: dict[str, str] = {
         "time_embed": "time_embedding",

@@ -146,7 +146,8 @@ class _Trainer:
     def _restore(self, state: ResumeState) -> int:
         self.network.load_kohya_state_dict(state.lora, source="the saved run")
         self.optimizer.load_state_dict(state.optimizer)
-        self.scheduler.load_state_dict(state.scheduler)
+        # The schedule function itself is rebuilt from the settings, not stored.
+        self.scheduler.load_state_dict({**state.scheduler, "lr_lambdas": [None] * len(self.optimizer.param_groups)})
         self.losses = _read_log(self.plan.run_dir / LOG_FILE, upto=state.step)
         self.emit(ev.Message(f"Resuming at step {state.step} of {self.plan.total_steps}."))
         return state.step
