@@ -20,3 +20,8 @@ for env in a1111 current; do
     .venv-tests/$env/bin/pip install -q --no-deps open-clip-torch==2.20.0
   fi
 done
+# A1111's model classes: the `ldm` package of stable-diffusion-sdkit is the commit A1111 pins,
+# near enough; --no-deps keeps A1111's pins above (its own deps would upgrade them).
+if ! .venv-tests/a1111/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('ldm') is None)"; then
+  .venv-tests/a1111/bin/pip install -q --no-deps stable-diffusion-sdkit==2.1.5
+fi

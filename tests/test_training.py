@@ -233,6 +233,16 @@ def test_epoch_files_metadata_and_events(sd1_model, photo_dataset, tmp_path):
     assert steps[-1].eta_s == 0 and all(math.isfinite(e.loss) for e in steps)
 
 
+def test_samples_are_requested_every_n_steps_and_at_the_end(sd1_model, photo_dataset, tmp_path):
+    seen = []
+    config = small_config(photo_dataset, tmp_path / "out", train__max_steps=4, train__sample_every_steps=3,
+                          train__sample_prompts=["sks cat", "a cat"], train__seed=7)
+    train(config, sd1_model, on_event=seen.append)
+    requests = [e for e in seen if isinstance(e, ev.SampleRequest)]
+    assert [r.step for r in requests] == [3, 4]
+    assert all(r.prompts == ("sks cat", "a cat") and r.seed == 7 for r in requests)
+
+
 @pytest.mark.parametrize("overrides", [
     {"train__min_snr_gamma": 5.0, "train__noise_offset": 0.05},
     {"data__flip": True, "data__shuffle_captions": True, "data__keep_tokens": 1, "data__caption_dropout": 0.2},

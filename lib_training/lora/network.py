@@ -60,8 +60,9 @@ class LoraNetwork(nn.Module):
     @classmethod
     def for_model(cls, model, shape: NetworkShape) -> "LoraNetwork":
         network = cls(select_targets(model, shape))
-        base = next(iter(network.lora_modules.values())).base
-        network.to(device=base.weight.device)
+        # The model's compute device, not the base weight's: under A1111's --medvram the
+        # UNet sits on the CPU until a forward hook moves it.
+        network.to(device=model.device)
         return network
 
     def __iter__(self) -> Iterator[LoraModule]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from torch import nn
 
@@ -49,21 +49,25 @@ def find_targets(
     conv_rank: int = 0,
     conv_alpha: float = 1.0,
 ) -> list[LoraTarget]:
-    """Every Linear/Conv2d child of a container class, named and sized as kohya does.
+    """Every Linear/Conv2d inside a container class, named and sized as kohya does.
 
     Linear and 1x1 convs get `rank`; larger convs get `conv_rank` (skipped when 0).
-    `named_modules` yields (diffusers path, module); a backend whose own class names
-    differ (A1111's ldm) passes the diffusers class name through `container_class_name`.
+    `named_modules` yields (diffusers path, module) for every module that has a diffusers
+    name; a backend whose own names differ (A1111's ldm) yields the mapped names, and its
+    container classes are recognised through `container_class_name`.
     """
+    named = list(named_modules)
+    path_of = {id(module): path for path, module in named}
     targets: list[LoraTarget] = []
     seen: set[str] = set()
-    for path, container in named_modules:
+    for _, container in named:
         if container_class_name(container) not in containers:
             continue
-        for child_path, child in _named_children_deep(container):
-            if not _adaptable(child):
+        for child in container.modules():
+            path = path_of.get(id(child))
+            if child is container or path is None or not _adaptable(child):
                 continue
-            name = kohya_name(prefix, f"{path}.{child_path}")
+            name = kohya_name(prefix, path)
             if name in seen:
                 continue
             if isinstance(child, nn.Linear) or _is_1x1_conv(child):
@@ -77,12 +81,16 @@ def find_targets(
     return targets
 
 
-def _named_children_deep(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    for name, child in module.named_modules():
-        if name:
-            yield name, child
+# A1111's UNet is an ldm UNetModel; these ldm classes stand for the diffusers ones kohya targets.
+_LDM_EQUIVALENTS = {
+    "SpatialTransformer": "Transformer2DModel",
+    "ResBlock": "ResnetBlock2D",
+    "Downsample": "Downsample2D",
+    "Upsample": "Upsample2D",
+}
 
 
 def container_class_name(module: nn.Module) -> str:
-    """The diffusers class name a module stands for (backends may set `_lora_studio_class`)."""
-    return getattr(module, "_lora_studio_class", type(module).__name__)
+    """The diffusers class name a module stands for."""
+    name = type(module).__name__
+    return _LDM_EQUIVALENTS.get(name, name)

@@ -9,7 +9,7 @@ the backend.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol, Sequence
+from typing import ContextManager, Iterator, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -79,5 +79,8 @@ class ModelAdapter(Protocol):
     def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """UNet output (noise for eps models, v for v-prediction models)."""
 
-    def set_gradient_checkpointing(self, enabled: bool) -> None:
-        """Non-reentrant checkpointing of the UNet (and text encoder) blocks, or off."""
+    def checkpoint_units(self) -> list[nn.Module]:
+        """Blocks whose activations the engine recomputes under gradient checkpointing."""
+
+    def prepared_for_training(self) -> ContextManager[None]:
+        """Backend-specific set-up held for the whole run, undone on exit (may do nothing)."""

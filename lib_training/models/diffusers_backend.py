@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator, Sequence
 
 import torch
@@ -64,6 +65,9 @@ class DiffusersAdapter:
         """Blocks whose activations are recomputed under gradient checkpointing."""
         units = [m for m in self._unet.modules() if type(m).__name__ in ("ResnetBlock2D", "Transformer2DModel")]
         return units + list(_text_root(self._text_encoder).encoder.layers)
+
+    def prepared_for_training(self) -> contextlib.nullcontext:
+        return contextlib.nullcontext()
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:

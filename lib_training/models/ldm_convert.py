@@ -142,6 +142,7 @@ def _add_down_blocks(
                 _add_transformer(out, f"input_blocks.{index}.1", f"down_blocks.{b}.attentions.{l}", depths[b])
         if b != len(channels) - 1:
             index += 1
+            out[f"input_blocks.{index}.0"] = f"down_blocks.{b}.downsamplers.0"
             out[f"input_blocks.{index}.0.op"] = f"down_blocks.{b}.downsamplers.0.conv"
 
 
@@ -170,6 +171,7 @@ def _add_up_blocks(
                 _add_transformer(out, f"output_blocks.{index}.1", f"up_blocks.{j}.attentions.{i}", depths[j])
             if j != n - 1 and i == count - 1:
                 slot = 2 if attn[j] else 1  # the Upsample comes after the optional attention
+                out[f"output_blocks.{index}.{slot}"] = f"up_blocks.{j}.upsamplers.0"
                 out[f"output_blocks.{index}.{slot}.conv"] = f"up_blocks.{j}.upsamplers.0.conv"
             index += 1
 

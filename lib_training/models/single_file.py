@@ -82,7 +82,8 @@ def _configs(family: str, metadata: dict[str, str]) -> dict[str, dict]:
             "text": text.to_dict() if hasattr(text, "to_dict") else dict(text)}
 
 
-def save_checkpoint(path: Path, unet, vae, text_encoder, family: str, configs: dict | None = None) -> Path:
+def save_checkpoint(path: Path, unet, vae, text_encoder, family: str, configs: dict | None = None,
+                    dtype: torch.dtype | None = None) -> Path:
     """Write diffusers models as one original-layout checkpoint (tests and benchmarks).
 
     `configs` (unet / vae / text kwargs) are stored in the metadata for non-standard sizes.
@@ -90,7 +91,8 @@ def save_checkpoint(path: Path, unet, vae, text_encoder, family: str, configs: d
     unet_cfg = dict(unet.config)
     vae_cfg = dict(vae.config)
     state = diffusers_to_ldm(unet.state_dict(), vae.state_dict(), text_encoder.state_dict(), unet_cfg, vae_cfg, family)
-    state = {k: v.contiguous() for k, v in state.items()}
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+             for k, v in state.items()}
     metadata = {CONFIG_METADATA_KEY: json.dumps(configs)} if configs else {}
     atomic_write_bytes(Path(path), safetensors.torch.save(state, metadata))
     return Path(path)

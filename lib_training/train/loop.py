@@ -94,7 +94,7 @@ class _Trainer:
     # ---- set-up -------------------------------------------------------------------------
     def run(self, state: ResumeState | None) -> TrainResult:
         base_modules = [self.model.unet(), self.model.text_encoder()]
-        with frozen(base_modules), contextlib.ExitStack() as stack:
+        with self.model.prepared_for_training(), frozen(base_modules), contextlib.ExitStack() as stack:
             self.network = self._make_network()
             stack.enter_context(self.network.attached())
             stack.enter_context(gradient_checkpointing(
@@ -179,7 +179,8 @@ class _Trainer:
                 pending = []
             if epoch_done and step < plan.total_steps:
                 self._maybe_save_epoch(micro // plan.batches_per_epoch, step)
-            if t.sample_every_steps and step % t.sample_every_steps == 0:
+            # Every N steps, and once at the end so the last sample shows the final LoRA.
+            if t.sample_every_steps and (step % t.sample_every_steps == 0 or step == plan.total_steps):
                 self._request_samples(step)
         return self._finish(step, time.monotonic() - started, last_loss)
 

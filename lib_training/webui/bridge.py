@@ -1,0 +1,154 @@
+"""Train on the model A1111 has loaded: checks, the "sacred model" guard, and the run itself.
+
+Imports A1111's `modules.*` lazily (this package is importable without a WebUI). The caller
+holds A1111's `queue_lock` for the whole run (see `service.py`), so no generation or model
+switch can interleave with a training step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+from ..config import TrainConfig
+from ..errors import CheckpointError, SettingsError, TrainingError
+from ..models.adapter import ModelInfo
+from ..train import events as ev
+from ..train.loop import TrainResult, train
+from .ldm_adapter import LdmAdapter, ldm_family, prediction_type
+
+
+def check_supported(sd_model, cmd_opts, device: torch.device) -> None:
+    """Refuse, before any step, the set-ups training cannot work under — each with what to do."""
+    if sd_model is None:
+        raise CheckpointError("No model is loaded in the WebUI. Pick a checkpoint at the top of the page first.")
+    if getattr(cmd_opts, "lowvram", False):
+        raise SettingsError("The WebUI runs with --lowvram, which moves the UNet to the GPU block by block; training "
+                            "cannot follow that. Restart without --lowvram (--medvram works).")
+    dtypes = {p.dtype for p in sd_model.model.diffusion_model.parameters()}
+    if any("float8" in str(d) for d in dtypes):
+        raise SettingsError("The loaded model stores its weights in fp8, which cannot be trained on. Set "
+                            "Settings > Optimizations > FP8 weight to Disable, reload the model, and start again.")
+    if device.type == "cpu" and torch.float16 in dtypes:
+        raise SettingsError("The model is in half precision on the CPU, where training needs fp32. "
+                            "Start the WebUI with --no-half (or --precision full --no-half).")
+
+
+def model_info(sd_model, clip_skip: int) -> ModelInfo:
+    """What the saved LoRA's metadata records about the loaded checkpoint."""
+    checkpoint = getattr(sd_model, "sd_checkpoint_info", None)
+    name = getattr(checkpoint, "name", "") or ""
+    legacy = getattr(checkpoint, "hash", "") or ""
+    sha256 = getattr(checkpoint, "sha256", "") or ""
+    if checkpoint is not None and not sha256:
+        sha256 = checkpoint.calculate_shorthash() and checkpoint.sha256 or ""  # A1111 caches it in cache.json
+    return ModelInfo(family=ldm_family(sd_model), prediction_type=prediction_type(sd_model), name=name,
+                     legacy_hash=legacy, sha256=sha256, clip_skip=clip_skip)
+
+
+def _a1111_lora_module():
+    """A1111's built-in Lora extension (`extensions-builtin/Lora/networks.py`), if loaded."""
+    networks = sys.modules.get("networks")
+    return networks if hasattr(networks, "network_restore_weights_from_backup") else None
+
+
+def unmerge_networks(sd_model) -> int:
+    """Put back the clean weights of every layer a previous generation merged a LoRA into.
+
+    A1111 merges networks into the weights in place (keeping a CPU backup) and leaves them
+    merged after the generation. Emptying `loaded_networks` stops it re-merging on the next
+    forward; the next txt2img that asks for a LoRA merges it again from the clean weights.
+    """
+    networks = _a1111_lora_module()
+    if networks is None:
+        return 0
+    networks.loaded_networks.clear()
+    restored = 0
+    for module in sd_model.modules():
+        if getattr(module, "network_current_names", ()) != ():
+            networks.network_restore_weights_from_backup(module)
+            module.network_current_names = ()
+            restored += 1
+    return restored
+
+
+@contextmanager
+def sacred_model(sd_model) -> Iterator[None]:
+    """Everything A1111 layers on its model, switched off for the run and back on after.
+
+    Merged LoRAs are removed for good (the next generation re-merges what it asks for);
+    hypernetworks and a custom `sd_unet` (e.g. TensorRT) are restored as they were.
+    """
+    from modules import shared, sd_unet
+
+    unmerge_networks(sd_model)
+    hypernetworks = list(shared.loaded_hypernetworks)
+    custom_unet = sd_unet.current_unet is not None
+    try:
+        shared.loaded_hypernetworks.clear()
+        if custom_unet:
+            sd_unet.apply_unet("None")
+        yield
+    finally:
+        shared.loaded_hypernetworks[:] = hypernetworks
+        if custom_unet:
+            sd_unet.apply_unet()
+
+
+class WebUICancel(ev.CancelToken):
+    """Cancelled by our Cancel button, by A1111's Interrupt, or by a checkpoint switch."""
+
+    def __init__(self, pinned_checkpoint: str | None = None) -> None:
+        super().__init__()
+        self.pinned_checkpoint = pinned_checkpoint
+        self.reason = ""
+
+    @property
+    def cancelled(self) -> bool:
+        from modules import shared
+
+        if shared.state.interrupted:
+            self.reason = "interrupted from the WebUI"
+        elif self.pinned_checkpoint is not None and shared.opts.sd_model_checkpoint != self.pinned_checkpoint:
+            self.reason = (f"the checkpoint setting changed to {shared.opts.sd_model_checkpoint!r}; training "
+                           "stopped so the model it trains on stays the one it started with")
+        return super().cancelled or bool(self.reason)
+
+
+def webui_adapter(config: TrainConfig) -> tuple[LdmAdapter, TrainConfig, list[str]]:
+    """The loaded model as an engine backend, and the config adjusted to what it supports."""
+    from modules import devices, shared
+
+    sd_model = shared.sd_model
+    check_supported(sd_model, shared.cmd_opts, devices.device)
+    clip_skip = int(getattr(shared.opts, "CLIP_stop_at_last_layers", 1) or 1)
+    adapter = LdmAdapter(sd_model, model_info(sd_model, clip_skip), device=devices.device)
+    notes: list[str] = []
+    if config.network.train_text_encoder and not adapter.text_encoder_trainable:
+        config = dataclasses.replace(config, network=dataclasses.replace(config.network, train_text_encoder=False))
+        notes.append("SD 2.x text-encoder LoRA is not supported yet: training the UNet only.")
+    return adapter, config, notes
+
+
+def train_loaded_model(config: TrainConfig, on_event: ev.EventSink | None = None,
+                       cancel: ev.CancelToken | None = None, resume: bool = False) -> TrainResult:
+    """Train on `shared.sd_model` in this process. The caller holds `queue_lock`."""
+    from modules import devices
+
+    emit = on_event or (lambda event: None)
+    adapter, config, notes = webui_adapter(config)
+    for note in notes:
+        emit(ev.Message(note))
+    try:
+        with sacred_model(adapter.sd_model):
+            return train(config, adapter, emit, cancel, resume=resume)
+    except torch.cuda.OutOfMemoryError as error:
+        raise TrainingError("Out of GPU memory. Lower the batch size or resolution, turn on gradient "
+                            "checkpointing, or close other programs using the GPU; the loaded model is "
+                            f"unchanged. ({error})") from error
+    finally:
+        devices.torch_gc()

@@ -1,0 +1,199 @@
+"""The training service wired into the running WebUI (A1111 modules imported lazily).
+
+- the run holds A1111's `queue_lock` (a Generate click waits until training ends);
+- progress goes to `shared.state`, so A1111's own progress bar and Interrupt work;
+- sample images are made with A1111's processing, on the loaded model with the LoRA
+  being trained attached, pinned to the checkpoint the run started on;
+- a finished run gets its user-metadata JSON and preview, and the Lora list is refreshed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from ..config import TrainConfig
+from ..fileio import atomic_write_bytes
+from ..train import events as ev
+from . import bridge
+from .service import FINISHED, RunStatus, TrainingService
+
+OPTION_DATASETS_DIR = "lora_studio_datasets_dir"
+OPTION_RUNS_DIR = "lora_studio_runs_dir"
+OPTION_SAMPLE_STEPS = "lora_studio_sample_steps"
+JOB_NAME = "lora_studio_train"
+
+_service: TrainingService | None = None
+_service_guard = threading.Lock()
+
+
+def _opt(name: str, default=None):
+    from modules import shared
+
+    value = getattr(shared.opts, name, None) if shared.opts is not None else None
+    return value if value not in (None, "") else default
+
+
+def lora_dir() -> Path:
+    from modules import paths, shared
+
+    return Path(getattr(shared.cmd_opts, "lora_dir", None) or os.path.join(paths.models_path, "Lora"))
+
+
+def runs_dir() -> Path:
+    """Runs (resume state, log, config) live beside the LoRAs, as the CLI's default does."""
+    return Path(_opt(OPTION_RUNS_DIR) or lora_dir() / "lora_studio_runs")
+
+
+def datasets_dir() -> Path:
+    from modules import paths_internal
+
+    return Path(_opt(OPTION_DATASETS_DIR) or os.path.join(paths_internal.data_path, "lora_studio", "datasets"))
+
+
+def get_service() -> TrainingService:
+    global _service
+    with _service_guard:
+        if _service is None:
+            _service = TrainingService(runner=_run, lock=_queued_job(), make_cancel=_make_cancel,
+                                       on_event=_mirror_progress, on_finished=_finish)
+        return _service
+
+
+def run_from_ui(config: TrainConfig, resume: bool = False) -> RunStatus:
+    """For the Start button: `wrap_gradio_gpu_call` already holds the queue and began the job."""
+    return get_service().run(for_webui(config), resume=resume)
+
+
+def start_from_api(config: TrainConfig, resume: bool = False) -> RunStatus:
+    return get_service().start(for_webui(config), resume=resume)
+
+
+def for_webui(config: TrainConfig) -> TrainConfig:
+    """Where a WebUI run writes: the LoRA into the Lora folder, run state into runs_dir()."""
+    output = dataclasses.replace(config.output, output_dir=str(lora_dir()), runs_dir=str(runs_dir()))
+    train = config.train
+    if not train.sample_prompts:  # a final sample is the card's preview
+        train = dataclasses.replace(train, sample_prompts=[config.output.trigger_word or config.output.name])
+    if not train.sample_every_steps:
+        train = dataclasses.replace(train, sample_every_steps=10**9)  # only the final one
+    return dataclasses.replace(config, output=output, train=train)
+
+
+class _queued_job:
+    """The API path: wait for the queue like a generation, and show as a job in A1111."""
+
+    def __enter__(self):
+        from modules import call_queue, shared
+
+        call_queue.queue_lock.acquire()
+        shared.state.begin(job=JOB_NAME)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from modules import call_queue, shared
+
+        try:
+            shared.state.end()
+        finally:
+            call_queue.queue_lock.release()
+
+
+def _make_cancel() -> bridge.WebUICancel:
+    from modules import shared
+
+    return bridge.WebUICancel(pinned_checkpoint=shared.opts.sd_model_checkpoint)
+
+
+def _run(config: TrainConfig, on_event: ev.EventSink, cancel: ev.CancelToken, resume: bool = False):
+    def handle(event: ev.Event) -> None:
+        if isinstance(event, ev.SampleRequest):
+            _make_samples(event, config)
+        on_event(event)
+
+    return bridge.train_loaded_model(config, handle, cancel, resume=resume)
+
+
+def _mirror_progress(event: ev.Event, status: RunStatus) -> None:
+    """A1111's progress bar: job_no / job_count = step / total; textinfo says loss and ETA."""
+    from modules import shared
+
+    state = shared.state
+    if isinstance(event, ev.Started):
+        state.job_count, state.job_no, state.sampling_steps, state.sampling_step = event.total_steps, event.start_step, 0, 0
+        state.textinfo = f"LoRA Studio: training {status.name}, {event.total_steps} steps"
+    elif isinstance(event, ev.StepDone):
+        state.job_count, state.job_no = event.total_steps, event.step
+        state.textinfo = (f"LoRA Studio: step {event.step}/{event.total_steps}, epoch {event.epoch}, "
+                          f"loss {event.loss:.4f}, ETA {_duration(event.eta_s)}")
+    elif isinstance(event, ev.Message):
+        state.textinfo = f"LoRA Studio: {event.text}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+@contextmanager
+def _progress_kept() -> Iterator[None]:
+    """process_images resets the job counters; put the training progress back afterwards."""
+    from modules import shared
+
+    state = shared.state
+    saved = (state.job_count, state.job_no, state.textinfo, state.sampling_steps, state.sampling_step)
+    try:
+        yield
+    finally:
+        state.job_count, state.job_no, state.textinfo, state.sampling_steps, state.sampling_step = saved
+
+
+def _make_samples(request: ev.SampleRequest, config: TrainConfig) -> None:
+    """Generate the sample prompts with the loaded model + the attached LoRA, seeded."""
+    from modules import processing, shared
+
+    service = get_service()
+    folder = Path(config.output.runs_dir or runs_dir()) / config.output.name / "samples"
+    size = config.data.resolution
+    checkpoint = shared.sd_model.sd_checkpoint_info.title
+    for index, prompt in enumerate(request.prompts):
+        p = processing.StableDiffusionProcessingTxt2Img(
+            sd_model=shared.sd_model, prompt=prompt, negative_prompt="", seed=request.seed + index,
+            steps=int(_opt(OPTION_SAMPLE_STEPS, 20)), cfg_scale=7.0, width=size, height=size,
+            sampler_name="Euler a", do_not_save_samples=True, do_not_save_grid=True,
+            override_settings={"sd_model_checkpoint": checkpoint})  # never swap the model mid-run
+        with _progress_kept():
+            processed = processing.process_images(p)
+        if not processed.images:
+            continue
+        image = processed.images[0]
+        path = folder / f"{request.step:06d}-{index}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, _png_bytes(image))
+        service.add_sample(request.step, path)
+        shared.state.assign_current_image(image)
+
+
+def _png_bytes(image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _finish(status: RunStatus, config: TrainConfig) -> None:
+    """A finished run: the card's JSON and preview beside the file, then refresh the Lora list."""
+    if status.state != FINISHED or not status.result:
+        return
+    from . import outputs
+
+    lora = Path(status.result)
+    outputs.write_user_metadata(lora, config)
+    if status.samples:
+        outputs.write_preview(lora, Path(status.samples[-1][1]))
+    outputs.refresh_lora_list()

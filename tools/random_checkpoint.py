@@ -1,0 +1,52 @@
+"""Write a random-weight Stable Diffusion checkpoint in the original single-file (ldm) layout.
+
+For tests against a real WebUI and for benchmarks: no real weights can be downloaded here.
+The architecture is the real SD1.5 (or SD2.x) one unless --tiny is given; layers that
+diffusers/ldm create zeroed get small random weights so every layer shapes the output.
+
+    python tools/random_checkpoint.py --out models/Stable-diffusion/random-sd15.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from lib_training.models import sd_configs, tiny  # noqa: E402
+from lib_training.models.single_file import save_checkpoint  # noqa: E402
+
+
+def make_random_checkpoint(out: Path, family: str = "sd1", seed: int = 0, half: bool = True,
+                           tiny_size: bool = False) -> Path:
+    if tiny_size:
+        configs = {"unet": tiny.tiny_unet_config(family), "vae": tiny.tiny_vae_config(),
+                   "text": tiny.tiny_text_config(family)}
+    else:
+        configs = {"unet": sd_configs.unet_config(family), "vae": sd_configs.vae_config(),
+                   "text": sd_configs.text_encoder_config(family).to_dict()}
+    unet, vae, text_encoder = tiny.build_models(configs["unet"], configs["vae"], configs["text"], seed)
+    dtype = torch.float16 if half else torch.float32
+    return save_checkpoint(Path(out), unet, vae, text_encoder, family,
+                           configs=configs if tiny_size else None, dtype=dtype)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path, help="the .safetensors file to write")
+    parser.add_argument("--family", choices=sd_configs.FAMILIES, default="sd1")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fp32", action="store_true", help="store fp32 weights (default fp16, half the size)")
+    parser.add_argument("--tiny", action="store_true", help="tiny test sizes instead of the real architecture")
+    args = parser.parse_args(argv)
+    path = make_random_checkpoint(args.out, args.family, args.seed, half=not args.fp32, tiny_size=args.tiny)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
