@@ -73,7 +73,6 @@ def load_clip_tokenizer(tokenizer_dir: str = ""):
         if tokenizer_dir:
             raise CheckpointError(f"{folder} has no vocab.json/merges.txt. Point model.tokenizer_dir at a CLIP tokenizer folder.")
         write_tokenizer_files(find_bpe_file(), folder)
-    return CLIPTokenizer(
-        vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"),
-        pad_token="<|endoftext|>",  # SD pads with the end token
-    )
+    # from_pretrained, not the constructor: transformers 5 ignores vocab_file/merges_file
+    # in the constructor and builds an empty vocabulary.
+    return CLIPTokenizer.from_pretrained(str(folder), pad_token="<|endoftext|>")  # SD pads with the end token

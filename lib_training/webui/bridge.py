@@ -152,3 +152,23 @@ def train_loaded_model(config: TrainConfig, on_event: ev.EventSink | None = None
                             f"unchanged. ({error})") from error
     finally:
         devices.torch_gc()
+
+
+def a1111_loader_report(name: str) -> dict:
+    """How A1111's own Lora loader reads a file in the Lora folder: modules in the file vs matched.
+
+    A1111 only logs unmatched keys at debug level; this makes a silent mismatch visible.
+    """
+    from ..lora.io import load_lora
+
+    networks = _a1111_lora_module()
+    if networks is None:
+        raise CheckpointError("A1111's built-in Lora extension is not loaded; enable it in Extensions.")
+    networks.list_available_networks()
+    on_disk = networks.available_networks.get(name) or networks.available_network_aliases.get(name)
+    if on_disk is None:
+        raise CheckpointError(f"No LoRA named {name!r} in the Lora folder; check the name (without .safetensors).")
+    tensors, _ = load_lora(on_disk.filename)
+    in_file = {key.split(".", 1)[0] for key in tensors}
+    loaded = networks.load_network(name, on_disk)
+    return {"name": name, "file": on_disk.filename, "file_modules": len(in_file), "matched_modules": len(loaded.modules)}
