@@ -1,6 +1,7 @@
 """`python -m lib_training train --config run.toml [flags]`: headless training with the same engine.
 
 Flags override the file; `python -m lib_training train --help` explains each.
+`python -m lib_training dataset check|preprocess ...` checks or preprocesses a dataset folder.
 """
 
 from __future__ import annotations
@@ -65,7 +66,32 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue a cancelled run with the same name")
     train.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
     train.add_argument("--print-config", action="store_true", help="print the merged settings as TOML and exit")
+    _add_dataset_commands(commands)
     return parser
+
+
+def _add_dataset_commands(commands) -> None:
+    dataset = commands.add_parser("dataset", help="check or preprocess a dataset folder", description=(
+        "Dataset tools. FOLDER is a kohya project (img/ [+ reg/]), a folder of <repeats>_<name>/ "
+        "subfolders, or a plain folder of images with .txt captions."))
+    tools = dataset.add_subparsers(dest="dataset_command", required=True)
+    check = tools.add_parser("check", help="health report (exit status 1 when a file cannot be trained on)",
+                             description="Report broken files, sizes, near-duplicates and caption problems. "
+                                         "Reads only; exit status 1 when the report has errors.")
+    check.add_argument("folder", type=Path, help="dataset folder")
+    check.add_argument("--resolution", type=int, default=512, help="training resolution: smaller images are reported")
+    check.add_argument("--trigger", default="", help="trigger word that every training caption should contain")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    prep = tools.add_parser("preprocess", help="write resized/cropped copies into a new folder",
+                            description="Write upright RGB PNGs at the training size with their captions "
+                                        "(0001.png + 0001.txt) into OUTPUT, a new folder; originals are only read.")
+    prep.add_argument("folder", type=Path, help="dataset folder")
+    prep.add_argument("output", type=Path, help="new folder for the processed copy (must not exist or be empty)")
+    prep.add_argument("--resolution", type=int, default=512, help="output size in pixels")
+    prep.add_argument("--crop", default="center", choices=("center", "focal", "auto", "keep_aspect"),
+                      help="center, focal (faces, else the most detailed part), auto (faces, else center) "
+                           "or keep_aspect (downscale the shorter side only, for bucketing)")
+    prep.add_argument("--flip", action="store_true", help="also write a mirrored copy of each training image")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -85,6 +111,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "dataset":
+            return _dataset(args)
         config = config_from_args(args)
         if args.print_config:
             print(config.to_toml())
@@ -96,6 +124,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LoraStudioError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def _dataset(args: argparse.Namespace) -> int:
+    if args.dataset_command == "check":
+        import json
+
+        from .data.health import check_dataset
+
+        report = check_dataset(args.folder, resolution=args.resolution, trigger=args.trigger)
+        print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_text())
+        return 0 if report.ok else 1
+    from .data.preprocess import PreprocessOptions, preprocess_dataset
+
+    options = PreprocessOptions(resolution=args.resolution, crop=args.crop, flip=args.flip)
+    result = preprocess_dataset(args.folder, args.output, options)
+    print(f"Wrote {len(result.images)} images to {result.output} (faces: {result.face_detector})")
+    for skipped in result.skipped:
+        print(f"  skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+    return 0
 
 
 def _train(config: TrainConfig, args: argparse.Namespace) -> int:
