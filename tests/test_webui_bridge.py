@@ -50,8 +50,8 @@ def fake_lora_extension(monkeypatch):
     networks = ModuleType("networks")
     networks.loaded_networks = ["a merged LoRA"]
 
-    def restore(module):
-        module.weight.data.copy_(module.network_weights_backup)
+    def restore(module):  # A1111 copies in place, without no_grad of its own
+        module.weight.copy_(module.network_weights_backup)
 
     networks.network_restore_weights_from_backup = restore
     monkeypatch.setitem(sys.modules, "networks", networks)
@@ -59,7 +59,7 @@ def fake_lora_extension(monkeypatch):
 
 
 def test_unmerge_puts_back_the_clean_weights(fake_lora_extension):
-    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))  # requires_grad, as A1111 leaves its UNet
     clean = [m.weight.detach().clone() for m in model]
     merged = model[0]
     merged.network_weights_backup = clean[0].clone()

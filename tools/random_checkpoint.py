@@ -30,9 +30,24 @@ def make_random_checkpoint(out: Path, family: str = "sd1", seed: int = 0, half: 
         configs = {"unet": sd_configs.unet_config(family), "vae": sd_configs.vae_config(),
                    "text": sd_configs.text_encoder_config(family).to_dict()}
     unet, vae, text_encoder = tiny.build_models(configs["unet"], configs["vae"], configs["text"], seed)
+    _trained_looking_norms(text_encoder, seed)
     dtype = torch.float16 if half else torch.float32
     return save_checkpoint(Path(out), unet, vae, text_encoder, family,
                            configs=configs if tiny_size else None, dtype=dtype)
+
+
+def _trained_looking_norms(text_encoder: torch.nn.Module, seed: int) -> None:
+    """Give the text encoder's LayerNorms non-default weights, as a trained CLIP has.
+
+    With weight 1 / bias 0 the conditioning's mean is ~0, and A1111's emphasis step divides
+    by that mean: text-encoder gradients through it overflow. Real checkpoints never do that.
+    """
+    generator = torch.Generator().manual_seed(seed + 7)
+    with torch.no_grad():
+        for module in text_encoder.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.copy_(1 + 0.1 * torch.randn(module.weight.shape, generator=generator))
+                module.bias.copy_(0.1 + 0.1 * torch.randn(module.bias.shape, generator=generator))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,13 +61,8 @@ def make_plan(config: TrainConfig, resuming: bool = False) -> RunPlan:
                            "Put training images in <repeats>_<name>/ subfolders.")
     train_samples = plan_samples(dataset.train_items, d.resolution, d.bucketing, d.bucket_step)
     reg_samples = plan_samples(dataset.reg_items, d.resolution, d.bucketing, d.bucket_step)
-    batches = sum(math.ceil(n / t.batch_size) for n in _bucket_sizes(train_samples))
-    if t.max_steps > 0:
-        total_steps = t.max_steps
-        epochs = math.ceil(total_steps * t.grad_accumulation / batches)
-    else:
-        epochs = t.epochs
-        total_steps = math.ceil(epochs * batches / t.grad_accumulation)
+    batches, total_steps, epochs = count_steps(_bucket_sizes(train_samples), t.batch_size, t.grad_accumulation,
+                                               t.epochs, t.max_steps)
     output_dir = Path(config.output.output_dir)
     run_dir = Path(config.output.runs_dir) if config.output.runs_dir else output_dir / "lora_studio_runs"
     plan = RunPlan(dataset, train_samples, reg_samples, batches, total_steps, epochs,
@@ -75,6 +70,18 @@ def make_plan(config: TrainConfig, resuming: bool = False) -> RunPlan:
     if not resuming:
         _refuse_overwrite(plan, config)
     return plan
+
+
+def count_steps(bucket_sizes: list[int], batch_size: int, grad_accumulation: int, epochs: int,
+                max_steps: int) -> tuple[int, int, int]:
+    """(batches per epoch, optimizer steps, epochs) from the samples per bucket (repeats included).
+
+    Pure, so the WebUI's estimate counts steps exactly as the run will without decoding any image.
+    """
+    batches = max(1, sum(math.ceil(n / batch_size) for n in bucket_sizes))
+    if max_steps > 0:
+        return batches, max_steps, math.ceil(max_steps * grad_accumulation / batches)
+    return batches, math.ceil(epochs * batches / grad_accumulation), epochs
 
 
 def _bucket_sizes(samples: list[Sample]) -> list[int]:

@@ -68,11 +68,12 @@ def unmerge_networks(sd_model) -> int:
         return 0
     networks.loaded_networks.clear()
     restored = 0
-    for module in sd_model.modules():
-        if getattr(module, "network_current_names", ()) != ():
-            networks.network_restore_weights_from_backup(module)
-            module.network_current_names = ()
-            restored += 1
+    with torch.no_grad():  # A1111 leaves the UNet's parameters requiring grad
+        for module in sd_model.modules():
+            if getattr(module, "network_current_names", ()) != ():
+                networks.network_restore_weights_from_backup(module)
+                module.network_current_names = ()
+                restored += 1
     return restored
 
 

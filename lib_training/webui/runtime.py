@@ -166,8 +166,12 @@ def _make_samples(request: ev.SampleRequest, config: TrainConfig) -> None:
             steps=int(_opt(OPTION_SAMPLE_STEPS, 20)), cfg_scale=7.0, width=size, height=size,
             sampler_name="Euler a", do_not_save_samples=True, do_not_save_grid=True,
             override_settings={"sd_model_checkpoint": checkpoint})  # never swap the model mid-run
-        with _progress_kept():
-            processed = processing.process_images(p)
+        try:
+            with _progress_kept():
+                processed = processing.process_images(p)
+        except Exception as error:  # a failed sample (NaNs, a script's error) must not end the run
+            service.note(f"Sample {index + 1} at step {request.step} failed: {error}")
+            continue
         if not processed.images:
             continue
         image = processed.images[0]
@@ -187,13 +191,10 @@ def _png_bytes(image) -> bytes:
 
 
 def _finish(status: RunStatus, config: TrainConfig) -> None:
-    """A finished run: the card's JSON and preview beside the file, then refresh the Lora list."""
-    if status.state != FINISHED or not status.result:
-        return
+    """Cards for every LoRA file the run wrote (a cancelled run's epoch files are usable too):
+    `<name>.json` and, for the final file, the last sample as preview; then refresh the Lora list."""
     from . import outputs
 
-    lora = Path(status.result)
-    outputs.write_user_metadata(lora, config)
-    if status.samples:
-        outputs.write_preview(lora, Path(status.samples[-1][1]))
-    outputs.refresh_lora_list()
+    files = status.files + ([status.result] if status.state == FINISHED and status.result else [])
+    preview = status.samples[-1][1] if status.samples else None
+    outputs.publish_run_outputs(files, config, steps=status.step, preview_image=preview)

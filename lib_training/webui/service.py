@@ -24,6 +24,10 @@ Runner = Callable[..., object]  # (config, on_event, cancel, resume) -> TrainRes
 IDLE, RUNNING, FINISHED, CANCELLED, FAILED = "idle", "running", "finished", "cancelled", "failed"
 
 
+class AlreadyRunning(LoraStudioError):
+    """A start while a run is going on (the API answers 409)."""
+
+
 @dataclass
 class RunStatus:
     """What the Train tab and `/lora-studio/v1/status` show about the current (or last) run."""
@@ -111,7 +115,7 @@ class TrainingService:
     def _claim(self, config: TrainConfig) -> RunStatus:
         with self._guard:
             if self._status.active:
-                raise LoraStudioError(f"A training run ({self._status.name}) is already running; wait for it to "
+                raise AlreadyRunning(f"A training run ({self._status.name}) is already running; wait for it to "
                                       "finish or cancel it first.")
             self._status = RunStatus(run_id=uuid.uuid4().hex[:12], name=config.output.name, state=RUNNING,
                                      started_at=time.time())
@@ -163,6 +167,11 @@ class TrainingService:
             snapshot = s
         if self._on_event is not None:
             self._on_event(event, snapshot)
+
+    def note(self, text: str) -> None:
+        """A message from outside the engine (e.g. a sample that could not be made)."""
+        with self._guard:
+            self._status.messages.append(text)
 
     def add_sample(self, step: int, path: Path) -> None:
         with self._guard:

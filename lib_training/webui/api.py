@@ -1,0 +1,166 @@
+"""HTTP routes: `/lora-studio/v1/` for scripts, `/internal/lora-studio/` for the tab's own JavaScript.
+
+`/lora-studio/v1/` (registered, like A1111's `/sdapi/v1/`, when the WebUI runs with --api or
+--nowebui) follows A1111's --api-auth exactly: HTTP Basic credentials checked against
+"user:pass,user2:pass2" with `secrets.compare_digest`; no credentials needed when --api-auth is
+unset.
+
+    POST start    body: settings as in run.toml ({"network": {"rank": 16}}) and/or form keys
+                  ({"network.rank": 16}), optional "preset", "method", "resume" -> run id + status
+                  (400 with the message for bad settings, 409 while a run is going on)
+    GET  status   the current or last run: state, step, loss curve, samples, files, error
+    POST cancel   stop the run at the next step (it saves a resumable state)
+    GET  runs     every run in the runs folder (tab, API or CLI), newest first
+
+`/internal/lora-studio/status` and `/internal/lora-studio/sample/{i}` are read-only and unauthenticated,
+like A1111's own `/internal/progress` that the tab's progress bar polls: the browser has no API
+credentials, and an --api-auth challenge would pop up a login box over the WebUI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from secrets import compare_digest
+from typing import Callable, Optional
+
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException
+from fastapi.responses import FileResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+from ..config import TrainConfig
+from ..errors import LoraStudioError
+from . import form
+from .runs import list_runs
+from .service import AlreadyRunning, RunStatus, TrainingService
+
+V1_PREFIX = "/lora-studio/v1"
+INTERNAL_PREFIX = "/internal/lora-studio"
+SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What the routes need from the WebUI (the runtime), passed in so tests can fake it."""
+
+    service: Callable[[], TrainingService]
+    start: Callable[[TrainConfig, bool], RunStatus]  # starts in the background, holding the queue
+    lora_dir: Callable[[], Path]
+    runs_dir: Callable[[], Path]
+    # How A1111's own Lora loader reads a file: {"file_modules": n, "matched_modules": m, ...}
+    loader_report: Optional[Callable[[str], dict]] = None
+
+
+def parse_api_auth(api_auth: Optional[str]) -> dict[str, str]:
+    """A1111's --api-auth "user:pass,user2:pass2" as {user: pass}; {} = no authentication."""
+    credentials: dict[str, str] = {}
+    for entry in (api_auth or "").split(","):
+        if entry.strip():
+            user, _, password = entry.strip().partition(":")
+            credentials[user] = password
+    return credentials
+
+
+def basic_auth(credentials: dict[str, str]) -> Callable:
+    """A dependency that accepts only these users, as A1111's `Api.auth` does."""
+
+    def check(given: HTTPBasicCredentials = Depends(HTTPBasic())) -> bool:
+        expected = credentials.get(given.username)
+        if expected is not None and compare_digest(given.password, expected):
+            return True
+        raise HTTPException(status_code=401, detail="Incorrect username or password",
+                            headers={"WWW-Authenticate": "Basic"})
+
+    return check
+
+
+def v1_router(backend: Backend, credentials: dict[str, str]) -> APIRouter:
+    dependencies = [Depends(basic_auth(credentials))] if credentials else []
+    router = APIRouter(prefix=V1_PREFIX, dependencies=dependencies, tags=["LoRA Studio"])
+
+    @router.post("/start")
+    def start(body: dict = Body(..., example={"preset": "person", "data": {"train_dir": "/data/10_sks woman"},
+                                              "output": {"name": "sks_v1", "trigger_word": "sks"}})):
+        if backend.service().status().active:
+            raise HTTPException(status_code=409, detail=_busy_message(backend.service().status()))
+        try:
+            request = form.config_from_request(body, backend.lora_dir(), backend.runs_dir())
+            form.check_before_start(request.config, request.resume)
+            status = backend.start(request.config, request.resume)
+        except AlreadyRunning as error:
+            raise HTTPException(status_code=409, detail=str(error)) from None
+        except LoraStudioError as error:
+            raise HTTPException(status_code=400, detail=str(error)) from None
+        return {"run_id": status.run_id, "status": status.to_dict(), "ignored": list(request.ignored)}
+
+    @router.get("/status")
+    def status():
+        return backend.service().status().to_dict()
+
+    @router.post("/cancel")
+    def cancel():
+        cancelled = backend.service().cancel()
+        return {"cancelled": cancelled, "status": backend.service().status().to_dict()}
+
+    @router.get("/runs")
+    def runs():
+        return {"runs": [record.to_dict() for record in list_runs([backend.runs_dir()])]}
+
+    @router.get("/lora-check/{name}")
+    def lora_check(name: str):
+        """Modules in a Lora-folder file vs. modules A1111's loader matched (it logs misses only at debug)."""
+        if backend.loader_report is None:
+            raise HTTPException(status_code=404, detail="A1111's Lora loader is not available here.")
+        try:
+            return backend.loader_report(name)
+        except LoraStudioError as error:
+            raise HTTPException(status_code=400, detail=str(error)) from None
+
+    return router
+
+
+def internal_router(backend: Backend) -> APIRouter:
+    router = APIRouter(prefix=INTERNAL_PREFIX)
+
+    @router.get("/status")
+    def status():
+        return backend.service().status().to_dict()
+
+    @router.get("/sample/{index}")
+    def sample(index: int):
+        samples = backend.service().status().samples
+        if not 0 <= index < len(samples):
+            raise HTTPException(status_code=404, detail=f"No sample {index}; the run has {len(samples)}.")
+        path = Path(samples[index][1])
+        if path.suffix.lower() not in SAMPLE_SUFFIXES or not path.is_file():
+            raise HTTPException(status_code=404, detail=f"Sample {index} is no longer on disk.")
+        return FileResponse(str(path))
+
+    return router
+
+
+def _busy_message(status: RunStatus) -> str:
+    return (f"A training run ({status.name}, step {status.step}/{status.total_steps}) is already running; wait for "
+            "it to finish or cancel it first (POST /lora-studio/v1/cancel).")
+
+
+def register(app: FastAPI, backend: Backend, api_auth: Optional[str], public_api: bool) -> None:
+    """Add the internal routes, and the v1 routes when the WebUI serves its API."""
+    app.include_router(internal_router(backend))
+    if public_api:
+        app.include_router(v1_router(backend, parse_api_auth(api_auth)))
+
+
+def on_app_started(demo, app: FastAPI) -> None:
+    """script_callbacks.on_app_started: wire the routes to the running WebUI."""
+    from modules import shared
+
+    from . import runtime
+
+    from .bridge import a1111_loader_report
+
+    backend = Backend(service=runtime.get_service, start=runtime.start_from_api, lora_dir=runtime.lora_dir,
+                      runs_dir=runtime.runs_dir, loader_report=a1111_loader_report)
+    opts = shared.cmd_opts
+    register(app, backend, getattr(opts, "api_auth", None),
+             public_api=bool(getattr(opts, "api", False) or getattr(opts, "nowebui", False)))
