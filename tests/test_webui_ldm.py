@@ -85,6 +85,18 @@ def assert_same_snapshot(before: dict, after: dict) -> None:
         assert before[field] == after[field], field
 
 
+class OpenClipLike(torch.nn.Module):
+    """Stands in for ldm's FrozenOpenCLIPEmbedder (whose weights need a download): same call,
+    no HF `transformer.text_model` inside."""
+
+    def __init__(self, clip_embedder):
+        super().__init__()
+        self.model = clip_embedder
+
+    def forward(self, texts):
+        return self.model(texts)
+
+
 def test_family_and_prediction_type_are_read_off_the_model(ldm_folder, sd1_ldm):
     assert ldm_family(sd1_ldm) == "sd1" and prediction_type(sd1_ldm) == EPSILON
     sd2 = build_tiny_ldm(ldm_folder, "sd2", seed=0)
@@ -175,9 +187,14 @@ def test_gradient_checkpointing_on_ldm_gives_the_same_gradients(sd1_ldm):
 
 
 def test_sd2_ldm_trains_unet_only_with_v_prediction(ldm_folder, photo_dataset, tmp_path):
+    from lib_training.webui.bridge import fit_to_model
+
     sd2 = build_tiny_ldm(ldm_folder, "sd2", seed=0)
+    sd2.cond_stage_model = OpenClipLike(sd2.cond_stage_model)  # SD2's text encoder is not HF CLIP
     adapter = adapter_for(sd2)
-    config = small_config(photo_dataset, tmp_path / "out", train__max_steps=2, network__train_text_encoder=False)
+    assert not adapter.text_encoder_trainable
+    config, notes = fit_to_model(small_config(photo_dataset, tmp_path / "out", train__max_steps=2), adapter)
+    assert not config.network.train_text_encoder and "UNet only" in notes[0]
     result = train(config, adapter)
     tensors, metadata = load_lora(result.path)
     assert metadata["ss_base_model_version"] == "sd_v2_v"

@@ -153,3 +153,28 @@ def test_cancel_keeps_a_resumable_state_and_resume_finishes(webui, dataset):
     webui.post("/lora-studio/v1/start", {**run_settings(dataset, "ls_live_c", steps=6), "resume": True})
     status = wait_for_run(webui)
     assert status["state"] == "finished" and status["step"] == 6, status
+
+
+def test_switching_checkpoint_during_training_cancels_it_cleanly(webui, dataset):
+    models_dir = Path(WEBUI_DIR) / "models" / "Stable-diffusion"
+    current = webui.get("/sdapi/v1/options")["sd_model_checkpoint"]
+    twin = models_dir / "lora-studio-test-twin.safetensors"  # the same weights under another name
+    if not twin.exists():
+        twin.symlink_to(next(p for p in models_dir.glob("*.safetensors") if p.name != twin.name))
+    webui.post("/sdapi/v1/refresh-checkpoints")
+    other = next(m["title"] for m in webui.get("/sdapi/v1/sd-models") if m["filename"].endswith(twin.name))
+    webui.post("/lora-studio/v1/start", run_settings(dataset, "ls_live_d", steps=30))
+    while webui.get("/lora-studio/v1/status")["step"] < 1:
+        time.sleep(0.2)
+    # The options call itself waits for the queue (A1111 reloads the model inside it).
+    switch = threading.Thread(target=lambda: webui.post("/sdapi/v1/options", {"sd_model_checkpoint": other}))
+    switch.start()
+    status = wait_for_run(webui)
+    switch.join(600)
+    try:
+        assert status["state"] == "cancelled", status["error"]
+        assert "checkpoint" in status["error"] and status["step"] < 30
+        assert webui.get("/sdapi/v1/options")["sd_model_checkpoint"] == other  # the switch then happened
+    finally:
+        webui.post("/sdapi/v1/options", {"sd_model_checkpoint": current})
+        twin.unlink()

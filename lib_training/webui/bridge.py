@@ -128,11 +128,17 @@ def webui_adapter(config: TrainConfig) -> tuple[LdmAdapter, TrainConfig, list[st
     check_supported(sd_model, shared.cmd_opts, devices.device)
     clip_skip = int(getattr(shared.opts, "CLIP_stop_at_last_layers", 1) or 1)
     adapter = LdmAdapter(sd_model, model_info(sd_model, clip_skip), device=devices.device)
+    config, notes = fit_to_model(config, adapter)
+    return adapter, config, notes
+
+
+def fit_to_model(config: TrainConfig, adapter: LdmAdapter) -> tuple[TrainConfig, list[str]]:
+    """The settings the loaded model supports, and a note for each change made."""
     notes: list[str] = []
     if config.network.train_text_encoder and not adapter.text_encoder_trainable:
         config = dataclasses.replace(config, network=dataclasses.replace(config.network, train_text_encoder=False))
         notes.append("SD 2.x text-encoder LoRA is not supported yet: training the UNet only.")
-    return adapter, config, notes
+    return config, notes
 
 
 def train_loaded_model(config: TrainConfig, on_event: ev.EventSink | None = None,
