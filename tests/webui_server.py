@@ -58,16 +58,22 @@ class WebUI:
                 "--skip-torch-cuda-test", "--skip-version-check", "--no-download-sd-model", "--api",
                 "--port", str(self.port), "--ckpt", str(checkpoint_of(webui)),
                 "--api-auth", f"{AUTH[0]}:{AUTH[1]}", *extra_args]
-        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
         self.log_path = log_path
         self.log = open(log_path, "wb")
         self.process = subprocess.Popen(args, cwd=webui, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     def wait_ready(self, timeout: float = 600) -> None:
+        """Wait for A1111's "Startup time" line, then for its API. No request may come earlier:
+        a request before A1111 adds its API middleware starts the app and A1111 then crashes
+        ("Cannot add middleware after an application has started")."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"A1111 exited with {self.process.returncode}; see {self.log_path}")
+            if b"Startup time:" not in Path(self.log_path).read_bytes():
+                time.sleep(1)
+                continue
             try:
                 if self.get("/sdapi/v1/sd-models"):
                     return
