@@ -45,8 +45,11 @@ def lora_dir() -> Path:
 
 
 def runs_dir() -> Path:
-    """Runs (resume state, log, config) live beside the LoRAs, as the CLI's default does."""
-    return Path(_opt(OPTION_RUNS_DIR) or lora_dir() / "lora_studio_runs")
+    """Runs (resume state, log, config, samples) live outside the Lora folder: A1111's Lora page
+    would show every run folder as a filter button."""
+    from modules import paths_internal
+
+    return Path(_opt(OPTION_RUNS_DIR) or os.path.join(paths_internal.data_path, "lora_studio", "runs"))
 
 
 def datasets_dir() -> Path:
@@ -128,15 +131,10 @@ def _mirror_progress(event: ev.Event, status: RunStatus) -> None:
         state.textinfo = f"LoRA Studio: training {status.name}, {event.total_steps} steps"
     elif isinstance(event, ev.StepDone):
         state.job_count, state.job_no = event.total_steps, event.step
-        state.textinfo = (f"LoRA Studio: step {event.step}/{event.total_steps}, epoch {event.epoch}, "
-                          f"loss {event.loss:.4f}, ETA {_duration(event.eta_s)}")
+        # No ETA here: A1111's progress bar adds its own from job_no / job_count.
+        state.textinfo = f"LoRA Studio: step {event.step}/{event.total_steps}, epoch {event.epoch}, loss {event.loss:.4f}"
     elif isinstance(event, ev.Message):
         state.textinfo = f"LoRA Studio: {event.text}"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
 
 
 @contextmanager
