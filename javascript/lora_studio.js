@@ -6,18 +6,54 @@
 
 // Called by the Start button before the request goes to the server (like submit() in ui.js):
 // the first input is replaced by a fresh task id, so /internal/progress can follow the job.
+// The bar goes right above the chart's status line (style.css keeps it in the flow there).
 function lora_studio_start() {
     var id = randomId();
-    var result = gradioApp().getElementById('lora_studio_result');
+    var info = gradioApp().querySelector('#lora_studio_chart .lora-studio-chart-info');
     var gallery = gradioApp().getElementById('lora_studio_gallery');
     loraStudioChart.follow();
-    requestProgress(id, result, gallery, function() {
+    requestProgress(id, info, gallery, function() {
         loraStudioChart.poll();
+        lora_studio_refresh_lora_pages();
     });
 
     var res = Array.from(arguments);
     res[0] = id;
     return res;
+}
+
+// Dataset tab: Preprocess, Caption and Generate class images run in A1111's queue like Start; each
+// shows A1111's progress bar right above its own result box (and class images a live preview).
+function lora_studio_dataset_job(args, resultId, galleryId) {
+    var id = randomId();
+    var result = gradioApp().getElementById(resultId);
+    var gallery = galleryId ? gradioApp().getElementById(galleryId) : null;
+    if (result) requestProgress(id, result, gallery, function() {});
+    var res = Array.from(args);
+    res[0] = id;
+    return res;
+}
+
+function lora_studio_dataset_preprocess() {
+    return lora_studio_dataset_job(arguments, 'lora_studio_ds_preprocess_result', null);
+}
+
+function lora_studio_dataset_caption() {
+    return lora_studio_dataset_job(arguments, 'lora_studio_ds_caption_result', null);
+}
+
+function lora_studio_dataset_class_images() {
+    return lora_studio_dataset_job(arguments, 'lora_studio_ds_class_result', 'lora_studio_ds_class_gallery');
+}
+
+// After a run, redraw the Lora pages of txt2img's and img2img's extra networks, so the new
+// LoRA's card is there without pressing their Refresh (the server has listed the file already).
+// Same as extraNetworksControlRefreshOnClick() in A1111's extraNetworks.js.
+function lora_studio_refresh_lora_pages() {
+    ['txt2img', 'img2img'].forEach(function(tabname) {
+        var button = gradioApp().getElementById(tabname + '_lora_extra_refresh_internal');
+        if (button) button.dispatchEvent(new Event('click'));
+    });
 }
 
 // "Send to txt2img": append `<lora:name:w> trigger` to txt2img's prompt and switch to that tab.
@@ -77,7 +113,7 @@ var loraStudioChart = (function() {
     }
 
     function describe(status) {
-        if (!status.run_id) return 'No training yet.';
+        if (!status.run_id) return 'Loss chart: no training yet.';
         var text = status.name + ' — ' + status.state + ', step ' + status.step + '/' + status.total_steps;
         if (status.epoch) text += ', epoch ' + status.epoch;
         if (status.loss !== null && status.loss !== undefined) text += ', loss ' + Number(status.loss).toFixed(4);
@@ -111,7 +147,11 @@ var loraStudioChart = (function() {
         var maxStep = Math.max(totalSteps, losses[losses.length - 1][0], 1);
         var values = losses.map(function(p) { return p[1]; });
         var low = Math.min.apply(null, values), high = Math.max.apply(null, values);
-        if (high - low < 1e-9) { high += 0.5; low -= 0.5; }
+        if (high - low < 1e-9) {
+            var margin = Math.max(Math.abs(high) * 0.1, 1e-3);
+            high += margin;
+            low -= margin;
+        }
         var x = function(step) { return pad + (width - pad - 8) * step / maxStep; };
         var y = function(v) { return 8 + (height - pad) * (1 - (v - low) / (high - low)); };
         ctx.font = '10px sans-serif';
@@ -119,6 +159,7 @@ var loraStudioChart = (function() {
         ctx.fillText(low.toFixed(3), 2, height - pad + 6);
         ctx.fillText('step ' + maxStep, width - 70, height - 10);
         line(ctx, losses, x, y, 0.35, 1);
+        dots(ctx, losses, x, y, losses.length <= 50 ? 2.5 : 0);
         var ema = [], smooth = values[0];
         losses.forEach(function(p) {
             smooth = 0.9 * smooth + 0.1 * p[1];
@@ -135,6 +176,18 @@ var loraStudioChart = (function() {
             if (i === 0) ctx.moveTo(x(p[0]), y(p[1])); else ctx.lineTo(x(p[0]), y(p[1]));
         });
         ctx.stroke();
+        ctx.globalAlpha = 1;
+    }
+
+    // A dot per step while there are few (a single step draws no line).
+    function dots(ctx, points, x, y, radius) {
+        if (!radius) return;
+        ctx.globalAlpha = 0.6;
+        points.forEach(function(p) {
+            ctx.beginPath();
+            ctx.arc(x(p[0]), y(p[1]), radius, 0, 2 * Math.PI);
+            ctx.fill();
+        });
         ctx.globalAlpha = 1;
     }
 

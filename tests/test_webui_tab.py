@@ -109,7 +109,7 @@ def test_the_tab_builds_and_wires_start_through_the_queue(fake_a1111):
     assert by_elem["lora_studio_network_rank"].value == 32
     start = [d for d in block.dependencies if d.get("js") == "lora_studio_start"]
     assert len(start) == 1 and len(start[0]["inputs"]) == 3 + len(form.FIELDS) and len(start[0]["outputs"]) == 4
-    fn, extra_outputs = wrapped[0]
+    fn, extra_outputs = next(w for w in wrapped if w[0].__name__ == "start_training")  # other sub-tabs queue jobs too
     assert len(extra_outputs) == 3  # A1111 appends the error HTML as the 4th output
     preset = [d for d in block.dependencies if by_elem["lora_studio_preset"]._id in d["targets"]]
     assert len(preset[0]["outputs"]) == 1 + len(form.FIELDS)

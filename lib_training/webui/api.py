@@ -11,6 +11,16 @@ unset.
     GET  status   the current or last run: state, step, loss curve, samples, files, error
     POST cancel   stop the run at the next step (it saves a resumable state)
     GET  runs     every run in the runs folder (tab, API or CLI), newest first
+    POST class-images  DreamBooth class images for a dataset, made with the loaded model:
+                  {"dataset": "my_cat" (a folder of the datasets folder, or a path), "class_word": "cat",
+                  "per_image": 10, "prompt": "", "from_captions": false, "trigger": "sks", "sampler": "Euler a",
+                  "steps": 20, "cfg_scale": 7, "width": 512, "height": 512, "seed": 1234} -> folder, planned,
+                  existing, written, stopped, error (400 for bad settings, 409 while training)
+    POST compare  a comparison grid on the loaded model, like the Compare tab's Generate:
+                  {"run": "my_lora", "weights": [0, 1], "seeds": [1, 2], "width": 512, ...} or
+                  {"files": ["a.safetensors", ...]}; empty prompts come from the run's trigger word and
+                  class -> cells (row, column, prompt, seed, base64 PNG), metrics table, recommendation
+                  (400 for bad settings, 409 while a training run holds the WebUI)
 
 `/internal/lora-studio/status` and `/internal/lora-studio/sample/{i}` are read-only and unauthenticated,
 like A1111's own `/internal/progress` that the tab's progress bar polls: the browser has no API
@@ -49,6 +59,10 @@ class Backend:
     runs_dir: Callable[[], Path]
     # How A1111's own Lora loader reads a file: {"file_modules": n, "matched_modules": m, ...}
     loader_report: Optional[Callable[[str], dict]] = None
+    # A comparison (compare_generator.compare_from_api): request body -> result JSON; waits for the queue
+    compare: Optional[Callable[[dict], dict]] = None
+    # Class images for a dataset (class_images.class_images_from_api): body -> result JSON; waits for the queue
+    class_images: Optional[Callable[[dict], dict]] = None
 
 
 def parse_api_auth(api_auth: Optional[str]) -> dict[str, str]:
@@ -116,6 +130,28 @@ def v1_router(backend: Backend, credentials: dict[str, str]) -> APIRouter:
         except LoraStudioError as error:
             raise HTTPException(status_code=400, detail=str(error)) from None
 
+    @router.post("/class-images")
+    def class_images(body: dict = Body(..., example={"dataset": "my_cat", "class_word": "cat", "per_image": 10})):
+        if backend.class_images is None:
+            raise HTTPException(status_code=404, detail="Class images are not available here.")
+        if backend.service().status().active:
+            raise HTTPException(status_code=409, detail=_busy_message(backend.service().status()))
+        try:
+            return backend.class_images(body)
+        except LoraStudioError as error:
+            raise HTTPException(status_code=400, detail=str(error)) from None
+
+    @router.post("/compare")
+    def compare(body: dict = Body(..., example={"run": "sks_v1", "weights": [0, 0.5, 1], "seeds": [1, 2]})):
+        if backend.compare is None:
+            raise HTTPException(status_code=404, detail="Comparisons are not available here.")
+        if backend.service().status().active:
+            raise HTTPException(status_code=409, detail=_busy_message(backend.service().status()))
+        try:
+            return backend.compare(body)
+        except LoraStudioError as error:
+            raise HTTPException(status_code=400, detail=str(error)) from None
+
     return router
 
 
@@ -158,9 +194,12 @@ def on_app_started(demo, app: FastAPI) -> None:
     from . import runtime
 
     from .bridge import a1111_loader_report
+    from .class_images import class_images_from_api
+    from .compare_generator import compare_from_api
 
     backend = Backend(service=runtime.get_service, start=runtime.start_from_api, lora_dir=runtime.lora_dir,
-                      runs_dir=runtime.runs_dir, loader_report=a1111_loader_report)
+                      runs_dir=runtime.runs_dir, loader_report=a1111_loader_report, compare=compare_from_api,
+                      class_images=class_images_from_api)
     opts = shared.cmd_opts
     register(app, backend, getattr(opts, "api_auth", None),
              public_api=bool(getattr(opts, "api", False) or getattr(opts, "nowebui", False)))

@@ -8,8 +8,11 @@ progress bar; the loss chart and live samples are drawn by the same script from
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 
+from ..data.importer import dataset_dirs
 from . import form, train_actions
 from .dataset_summary import list_dataset_folders
 from .form import FIELDS, GROUPS, MAIN, METHOD_DREAMBOOTH, METHOD_LORA, METHODS
@@ -17,7 +20,7 @@ from .outputs import DEFAULT_PREFERRED_WEIGHT
 from .presets import find_preset, preset_choices
 from .runs import runs_table_html
 
-CHART_HTML = ("<div id='lora_studio_chart'><div class='lora-studio-chart-info'>No training yet.</div>"
+CHART_HTML = ("<div id='lora_studio_chart'><div class='lora-studio-chart-info'>Loss chart: no training yet.</div>"
               "<canvas width='640' height='220'></canvas><div id='lora_studio_live_samples'></div></div>")
 
 
@@ -68,7 +71,9 @@ def _checkpoint_file() -> str:
     return getattr(info, "filename", "") or ""
 
 
-def create_train_tab(default_preset_label: str) -> None:
+def create_train_tab(default_preset_label: str) -> dict:
+    """Build the tab; returns the components other sub-tabs fill (the Dataset tab's "Use in Train"):
+    {"fields": {form key: component}, "method": Radio, "dataset_summary": Markdown}."""
     from modules.call_queue import wrap_gradio_gpu_call
     from modules.ui_components import ToolButton
 
@@ -151,6 +156,7 @@ def create_train_tab(default_preset_label: str) -> None:
     def choose_dataset(path, reg_dir, caption_extension, trigger):
         if not path:
             return gr.update(), gr.update(), gr.update()
+        path = str(dataset_dirs(Path(path)).train_dir)  # a Dataset-tab folder trains from its img/
         return (path, *summarize(path, reg_dir, caption_extension, trigger))
 
     dataset_choice.change(fn=choose_dataset, inputs=[dataset_choice] + summary_inputs[1:],
@@ -228,3 +234,4 @@ def create_train_tab(default_preset_label: str) -> None:
         return train_actions.export_settings(method_value, values, _folders(), _checkpoint_file())
 
     export_button.click(fn=export, inputs=[method] + fields, outputs=[export_file, export_message])
+    return {"fields": c, "method": method, "dataset_summary": dataset_summary}
