@@ -7,18 +7,17 @@ never hidden and never an exception.
 from __future__ import annotations
 
 import html
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
+from ..compare import curves
 from ..config import TrainConfig
 from ..errors import SettingsError
 from ..train.state import STATE_FILE
 
 CONFIG_FILE = "config.toml"
-LOG_FILE = "log.jsonl"
+LOG_FILE = curves.LOG_FILE
 
 
 @dataclass
@@ -85,22 +84,11 @@ def read_run(folder: Path) -> RunRecord:
 
 
 def read_loss_log(path: Path) -> tuple[list, int]:
-    """[(step, loss)] from a log.jsonl, and how many lines could not be read."""
+    """[(step, loss)] from a log.jsonl, and how many lines could not be used (none if it is missing)."""
     if not path.is_file():
         return [], 0
-    entries, bad = [], 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            step, loss = int(record["step"]), float(record["loss"])
-        except (ValueError, KeyError, TypeError):
-            bad += 1
-            continue
-        if math.isfinite(loss):
-            entries.append((step, loss))
-    return entries, bad
+    series = curves.read_loss_log(path)
+    return list(zip(series.steps, series.loss)), series.skipped_lines
 
 
 def is_run_folder(folder: Path) -> bool:
