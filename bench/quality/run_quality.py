@@ -1,0 +1,105 @@
+"""Teach the held-out concept with each method through the engine and report quality numbers.
+
+    python bench/quality/run_quality.py                       # all methods, seeds 0 1
+    python bench/quality/run_quality.py --methods lora_te --seeds 0 --steps 300 --lr 1e-3
+
+Needs the fixtures (python bench/quality/build_fixtures.py). Writes a Markdown table and JSON to
+bench/quality/results/quality-<time>.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parents[1])]
+
+import torch  # noqa: E402
+
+from base_model import load_base  # noqa: E402
+from judge import load_judge  # noqa: E402
+from teach import METHODS, EvalSizes, Scores, method, run_method, score, write_class_set, write_concept_set  # noqa: E402
+
+FIELDS = ("fidelity", "seen_accuracy", "leakage", "pixel_change", "train_seconds")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def mean_sd(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def table(rows: dict[str, list[Scores]]) -> str:
+    lines = ["| method | " + " | ".join(FIELDS) + " |", "|---" * (len(FIELDS) + 1) + "|"]
+    for name, scores in rows.items():
+        cells = [mean_sd([getattr(s, f) for s in scores]) for f in FIELDS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--steps", type=int)
+    p.add_argument("--lr", type=float, help="UNet and text-encoder LoRA learning rate")
+    p.add_argument("--rank", type=int)
+    p.add_argument("--conv-rank", type=int, help="LoCon: also the UNet's 3x3 convs, at this rank (alpha = rank)")
+    p.add_argument("--prior-weight", type=float)
+    p.add_argument("--min-snr", type=float)
+    p.add_argument("--per-seen-prompt", type=int, default=4)
+    p.add_argument("--samples", type=int, default=32, help="samples for fidelity and for leakage")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=HERE / "results")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    overrides = {k: v for k, v in (("steps", args.steps), ("unet_lr", args.lr), ("text_encoder_lr", args.lr),
+                                   ("rank", args.rank), ("alpha", args.rank),
+                                   ("conv_rank", args.conv_rank), ("conv_alpha", args.conv_rank), ("prior_loss_weight", args.prior_weight),
+                                   ("min_snr_gamma", args.min_snr)) if v is not None}
+    sizes = EvalSizes(args.per_seen_prompt, args.samples, args.samples)
+    model, judge = load_base(), load_judge()
+    started = time.monotonic()
+    rows: dict[str, list[Scores]] = {}
+    with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
+        work = Path(tmp)
+        write_concept_set(work / "data")
+        if "dreambooth_lora" in args.methods:
+            write_class_set(work / "data", model)
+        base_scores, base_seen = score(model, judge, sizes, None)
+        rows["base (no LoRA)"] = [base_scores]
+        log(f"base: {asdict(base_scores)}")
+        for name in args.methods:
+            m = method(name, **overrides)
+            for seed in args.seeds:
+                s = run_method(model, judge, m, work, seed, sizes, base_seen)
+                rows.setdefault(name, []).append(s)
+                log(f"{name} seed {seed}: {asdict(s)}")
+    total = time.monotonic() - started
+    md = table(rows)
+    settings = {"overrides": overrides, "seeds": args.seeds, "sizes": asdict(sizes), "total_seconds": round(total)}
+    print(md)
+    print(f"total {total:.0f}s; settings {json.dumps(settings)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (args.out / f"quality-{stamp}.md").write_text(md + f"\n\n{json.dumps(settings)}\n", encoding="utf-8")
+    (args.out / f"quality-{stamp}.json").write_text(
+        json.dumps({"settings": settings, "rows": {k: [asdict(s) for s in v] for k, v in rows.items()}}, indent=2),
+        encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
