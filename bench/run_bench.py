@@ -155,6 +155,20 @@ def kohya_command(py: str, kdir: Path, cfg: Config, out_dir: Path, name: str) ->
     return cmd
 
 
+def webui_request(cfg: Config, name: str) -> dict:
+    """The same settings as `ours_command`, as a /lora-studio/v1/start body (the WebUI trains its
+    loaded model: no checkpoint, no device, and A1111's --no-half keeps it fp32)."""
+    return {
+        "data": {"train_dir": str(DATASET), "resolution": cfg.resolution, "bucketing": False},
+        "network": {"rank": RANK, "alpha": ALPHA, "train_text_encoder": True},
+        "optimizer": {"optimizer": "adamw", "unet_lr": LR, "text_encoder_lr": LR, "scheduler": "constant",
+                      "warmup_steps": 0},
+        "train": {"max_steps": cfg.steps, "batch_size": BATCH, "seed": SEED, "save_every_epochs": 0,
+                  "mixed_precision": "no", "gradient_checkpointing": cfg.grad_ckpt, "sample_every_steps": 0},
+        "output": {"name": name, "overwrite": True},
+    }
+
+
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
@@ -455,6 +469,53 @@ def summarize(results: list[RunResult], configs: list[Config], flops: dict | Non
     return summary
 
 
+WEBUI_METRICS = [
+    ("first_step_s", "first_step_s", "train request → step 1 done (s)", "{:.1f}", 0.1),
+    ("steady_step_s", "steady_step_s", "steady step (s, median, steps 3+)", "{:.2f}", None),
+    ("peak_rss_mb", "peak_rss_mb", "peak RSS of the whole process while training (MB)", "{:.0f}", 1.0),
+    ("rss_before_mb", None, "RSS before the request (WebUI idle, model loaded; MB)", "{:.0f}", None),
+    ("lora_bytes", "lora_bytes", "LoRA file (bytes)", "{:.0f}", None),
+]
+
+
+def summarize_webui(webui_runs: list, results: list[RunResult], configs: list[Config]) -> dict:
+    """Per config: the WebUI's medians against kohya standalone's from the same bench run."""
+    summary = {}
+    for cfg in configs:
+        ours = [r for r in webui_runs if r.config == cfg.key and r.state == "finished"]
+        kohya = [r for r in results if r.config == cfg.key and r.tool == "kohya" and r.returncode == 0]
+        rows = {}
+        for attr, kohya_attr, _, _, target in WEBUI_METRICS:
+            a = [getattr(r, attr) for r in ours if getattr(r, attr)]
+            b = [getattr(r, kohya_attr) for r in kohya if getattr(r, kohya_attr)] if kohya_attr else []
+            row = {"webui": _median(a), "kohya": _median(b), "webui_all": a, "kohya_all": b, "ratio": None,
+                   "target": target}
+            if a and b:
+                pairs = [x / y for x in a for y in b]
+                row["ratio"] = (statistics.median(a) / statistics.median(b), min(pairs), max(pairs))
+            rows[attr] = row
+        summary[cfg.key] = {"label": cfg.label, "metrics": rows}
+    return summary
+
+
+def markdown_webui(summary: dict) -> list[str]:
+    lines = ["## The WebUI case (A1111 with the checkpoint already loaded) vs kohya standalone", "",
+             "Our numbers are the A1111 process (`launch.py`, fp32 `--no-half`, CPU) training through "
+             "`/lora-studio/v1/start`; kohya's are its standalone runs above, same checkpoint and settings.", ""]
+    for entry in summary.values():
+        lines += [f"### {entry['label']}", "", "| metric | WebUI | kohya | WebUI/kohya (min–max) | target |",
+                  "|---|---|---|---|---|"]
+        for attr, _, label, fmt, target in WEBUI_METRICS:
+            row = entry["metrics"][attr]
+            ratio = row["ratio"]
+            ratio_text = "" if ratio is None else f"{ratio[0]:.2f} ({ratio[1]:.2f}–{ratio[2]:.2f})"
+            verdict = "" if target is None or ratio is None else (
+                f"≤ {target}: {'MET' if ratio[0] <= target else 'not met'}")
+            lines.append(f"| {label} | {_fmt(row['webui'], fmt)} | {_fmt(row['kohya'], fmt)} | {ratio_text} | {verdict} |")
+        lines.append("")
+    return lines
+
+
 def _fmt(value, fmt: str) -> str:
     return "–" if value is None else fmt.format(value)
 
@@ -499,6 +560,8 @@ def markdown(summary: dict, flops: dict | None, meta: dict) -> str:
                               for k, v in flops.get("fwd_bwd_s", {}).items()), ""]
     lines += ["Targets: steady step ≤ 0.9 × kohya; start → step 1 ≤ 1.0 × kohya; identical LoRA size.", ""]
     lines += _targets(summary)
+    if meta.get("webui_summary"):
+        lines += [""] + markdown_webui(meta["webui_summary"])
     return "\n".join(lines) + "\n"
 
 
@@ -529,7 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grad-ckpt", choices=("off", "on", "both"), default=None,
                         help="gradient checkpointing (default both, --quick off)")
     parser.add_argument("--steps", type=int, default=None, help=f"steps per run (default {STEPS_FULL})")
-    parser.add_argument("--only", choices=("ours", "kohya"), help="run one tool only")
+    parser.add_argument("--only", choices=("ours", "kohya", "webui"), nargs="+",
+                        help="run these only (webui = the WebUI case, needs WEBUI_DIR)")
     parser.add_argument("--ours-env", nargs="+", default=[], metavar="KEY=VALUE",
                         help="what-if experiments: extra environment for our CLI only (recorded in the results)")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count and GEMM timing")
@@ -558,10 +622,16 @@ def main(argv: list[str] | None = None) -> int:
     py = ours_python()
     kohya = kohya_setup()
     tools = ["ours"] + (["kohya"] if kohya else [])
+    webui_dir = os.environ.get("WEBUI_DIR")
+    with_webui = bool(webui_dir) and (not args.only or "webui" in args.only)
     if args.only:
-        if args.only == "kohya" and not kohya:
+        if "kohya" in args.only and not kohya:
             sys.exit("--only kohya needs KOHYA_DIR and KOHYA_PYTHON.")
-        tools = [args.only]
+        if "webui" in args.only and not webui_dir:
+            sys.exit("--only webui needs WEBUI_DIR (an A1111 1.10 checkout prepared as in README).")
+        tools = [t for t in args.only if t != "webui"]
+    if not webui_dir:
+        print("WEBUI_DIR not set: no WebUI case.", flush=True)
     if not kohya:
         print("KOHYA_DIR / KOHYA_PYTHON not set: timing our CLI only.", flush=True)
     prepare_inputs(py, with_kohya="kohya" in tools)
@@ -603,6 +673,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{' (stopped early)' if r.aborted else ''}: run again", flush=True)
                 results.append(r)
 
+    webui_runs = run_webui_case(configs, reps, OUT / stamp, Path(webui_dir)) if with_webui else []
+
     flops = None if args.no_flops else measure_flops(py, configs)
     summary = summarize(results, configs, flops)
     meta = {"date": dt.datetime.now().isoformat(timespec="seconds"),
@@ -610,12 +682,14 @@ def main(argv: list[str] | None = None) -> int:
             "reps": reps, "steps": steps, "ours_python": py,
             "kohya_dir": str(kohya[0]) if kohya else None, "kohya_commit": _git_head(kohya[0]) if kohya else None,
             "command": " ".join(["python", "bench/run_bench.py"] + (argv if argv is not None else sys.argv[1:])),
-            "ours_env": ours_env, "noisy_reruns": len(discarded), "bench_minutes": round((time.monotonic() - bench_start) / 60, 1)}
+            "ours_env": ours_env, "webui_summary": summarize_webui(webui_runs, results, configs) if webui_runs else None,
+            "noisy_reruns": len(discarded), "bench_minutes": round((time.monotonic() - bench_start) / 60, 1)}
     table = markdown(summary, flops, meta)
     RESULTS.mkdir(parents=True, exist_ok=True)
     for r in results + discarded:
         r.lora_keys = None if r.lora_keys is None else len(r.lora_keys)  # keep the JSON small
     payload = {"meta": meta, "summary": summary, "flops": flops, "runs": [asdict(r) for r in results],
+               "webui_runs": [asdict(r) for r in webui_runs],
                "discarded_noisy_runs": [asdict(r) for r in discarded]}
     (RESULTS / f"bench-{stamp}.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
     (RESULTS / f"bench-{stamp}.md").write_text(table, encoding="utf-8")
@@ -623,6 +697,23 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(f"results: {RESULTS / f'bench-{stamp}.json'} and .md", flush=True)
     return 0 if all(r.returncode == 0 for r in results) else 1
+
+
+def run_webui_case(configs: list[Config], reps: int, out_dir: Path, webui_dir: Path) -> list:
+    from webui_case import WebUIBench
+
+    print(f"starting A1111 from {webui_dir} on {CHECKPOINT.name} ...", flush=True)
+    runs = []
+    with WebUIBench(webui_dir, CHECKPOINT, out_dir) as bench:
+        for cfg in configs:
+            for rep in range(reps):
+                print(f"[{cfg.label} rep {rep + 1}/{reps}] webui ...", flush=True)
+                r = bench.run(cfg.key, rep, webui_request(cfg, f"webui_{cfg.key}_r{rep}"))
+                print(f"    {r.state}: request→step1 {_fmt(r.first_step_s, '{:.1f}')} s, steady step "
+                      f"{_fmt(r.steady_step_s, '{:.2f}')} s, RSS {r.rss_before_mb:.0f} → peak {r.peak_rss_mb:.0f} MB"
+                      f"{', ' + r.error if r.error else ''}", flush=True)
+                runs.append(r)
+    return runs
 
 
 def _git_head(path: Path) -> str | None:

@@ -55,7 +55,7 @@ def test_the_tuner_keeps_the_faster_way_per_shape_and_times_each_shape_once(monk
 
     monkeypatch.setitem(cpu_tuning.WAYS, nn.Linear, (slow, fast))
     layer = nn.Linear(6, 4).requires_grad_(False)
-    tuner = LayerTuner()
+    tuner = LayerTuner({})
     x = torch.randn(2, 6, requires_grad=True)
     tuner.forward(layer, x)
     assert list(tuner.choice.values()) == [1]
@@ -69,7 +69,7 @@ def test_the_tuner_keeps_the_faster_way_per_shape_and_times_each_shape_once(monk
 
 def test_pytorch_s_way_is_kept_unless_another_is_clearly_faster(monkeypatch):
     ticks = iter(range(10_000))
-    tuner = LayerTuner(timer=lambda: next(ticks))  # every run takes one tick: a tie
+    tuner = LayerTuner({}, timer=lambda: next(ticks))  # every run takes one tick: a tie
     layer = nn.Linear(6, 4).requires_grad_(False)
     tuner.forward(layer, torch.randn(3, 6))
     assert list(tuner.choice.values()) == [0]
@@ -100,5 +100,7 @@ def test_inside_the_context_lora_hooks_still_apply_and_outside_nothing_is_left(s
                 assert sum("forward" in m.__dict__ for m in unet.modules()) > 10
                 got = sd1_model.predict(latents, t, sd1_model.encode_prompts(["a photo"]))
             assert tuner.choice  # shapes were tuned
+            with tuned_layers([unet, te]) as again:
+                assert again.choice is tuner.choice  # kept for the next run in this process
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
         assert not any("forward" in m.__dict__ for m in list(unet.modules()) + list(te.modules()))

@@ -94,11 +94,16 @@ def eligible(layer: nn.Module) -> bool:
     return True
 
 
+# Choices made in this process, kept across runs: a second training in the same WebUI
+# session (or a resumed one) starts without timing anything again.
+_PROCESS_CHOICES: dict[tuple, int] = {}
+
+
 class LayerTuner:
     """Remembers, per shape, the fastest way to run a frozen layer; shared by all layers."""
 
-    def __init__(self, timer: Callable[[], float] = time.perf_counter):
-        self.choice: dict[tuple, int] = {}
+    def __init__(self, choice: dict[tuple, int] | None = None, timer: Callable[[], float] = time.perf_counter):
+        self.choice: dict[tuple, int] = {} if choice is None else choice
         self._timer = timer
 
     def forward(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +111,7 @@ class LayerTuner:
         if x.device.type != "cpu" or x.dtype != layer.weight.dtype or (isinstance(layer, nn.Conv2d) and x.dim() != 4):
             return ways[0](layer, x)
         needs_backward = torch.is_grad_enabled() and x.requires_grad
-        key = (type(layer), tuple(layer.weight.shape), getattr(layer, "stride", None),
+        key = (type(layer).__name__, tuple(layer.weight.shape), getattr(layer, "stride", None),
                getattr(layer, "padding", None), layer.bias is not None, tuple(x.shape), needs_backward)
         index = self.choice.get(key)
         if index is None:
@@ -149,7 +154,7 @@ def tuned_layers(modules: Iterable[nn.Module], enabled: bool = True) -> Iterator
     if not enabled:
         yield None
         return
-    tuner = LayerTuner()
+    tuner = LayerTuner(_PROCESS_CHOICES)
     patched: list[tuple[nn.Module, object]] = []
     try:
         for root in modules:
