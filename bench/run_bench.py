@@ -159,12 +159,15 @@ def webui_request(cfg: Config, name: str) -> dict:
     """The same settings as `ours_command`, as a /lora-studio/v1/start body (the WebUI trains its
     loaded model: no checkpoint, no device, and A1111's --no-half keeps it fp32)."""
     return {
-        "data": {"train_dir": str(DATASET), "resolution": cfg.resolution, "bucketing": False},
+        # the WebUI's request defaults come from a preset: name every setting the CLI leaves at its default
+        "data": {"train_dir": str(DATASET), "resolution": cfg.resolution, "bucketing": False,
+                 "shuffle_captions": False, "keep_tokens": 0, "flip": False},
         "network": {"rank": RANK, "alpha": ALPHA, "train_text_encoder": True},
         "optimizer": {"optimizer": "adamw", "unet_lr": LR, "text_encoder_lr": LR, "scheduler": "constant",
                       "warmup_steps": 0},
         "train": {"max_steps": cfg.steps, "batch_size": BATCH, "seed": SEED, "save_every_epochs": 0,
-                  "mixed_precision": "no", "gradient_checkpointing": cfg.grad_ckpt, "sample_every_steps": 0},
+                  "mixed_precision": "no", "gradient_checkpointing": cfg.grad_ckpt, "sample_every_steps": 0,
+                  "min_snr_gamma": 0.0, "noise_offset": 0.0},
         "output": {"name": name, "overwrite": True},
     }
 

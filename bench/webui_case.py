@@ -63,20 +63,42 @@ class WebUIBench:
         os.environ["WEBUI_CKPT"] = str(checkpoint)  # the checkpoint both CLIs train on
         self.lora_dir = out_dir / "webui-Lora"
         self.lora_dir.mkdir(parents=True, exist_ok=True)
-        self.server = WebUI(webui_dir, out_dir / "webui.log", extra_args=("--lora-dir", str(self.lora_dir)))
+        # SDPA, as both CLIs use (A1111 on the CPU would pick InvokeAI's attention otherwise)
+        self.server = WebUI(webui_dir, out_dir / "webui.log",
+                            extra_args=("--lora-dir", str(self.lora_dir), "--opt-sdp-attention"))
 
     def __enter__(self) -> "WebUIBench":
         try:
             self.server.wait_ready()
-            # the preview sample at the end: one sampler step (CPU)
-            self.server.post("/sdapi/v1/options", {"lora_studio_sample_steps": 1})
+            self._wait_for_model()
+            # The preview sample at the end: one sampler step (CPU). Emphasis "No norm": with
+            # random weights the text encoder's output has a mean near 0, and A1111's default
+            # re-normalisation z·mean/mean' then gives inf gradients (NaN at step 4); the CLIs
+            # have no emphasis, and for captions without (x:1.2) "No norm" is plain CLIP.
+            changed = {"lora_studio_sample_steps": 1, "emphasis": "No norm"}
+            current = self.server.get("/sdapi/v1/options")
+            self._restore = {key: current[key] for key in changed if key in current}
+            self.server.post("/sdapi/v1/options", changed)
         except BaseException:
             self.server.stop()
             raise
         return self
 
+    def _wait_for_model(self, timeout: float = 600) -> None:
+        """A1111 loads the checkpoint in the background after start-up: the bench starts when
+        the model is in memory, as a user's request would."""
+        deadline = time.time() + timeout
+        while b"Model loaded in" not in Path(self.server.log_path).read_bytes():
+            if time.time() > deadline or self.server.process.poll() is not None:
+                raise RuntimeError(f"A1111 did not load the checkpoint; see {self.server.log_path}")
+            time.sleep(1)
+
     def __exit__(self, *exc) -> None:
-        self.server.stop()
+        try:
+            if getattr(self, "_restore", None):  # A1111 saves options to its config.json
+                self.server.post("/sdapi/v1/options", self._restore)
+        finally:
+            self.server.stop()
 
     def run(self, config: str, rep: int, body: dict, timeout_s: float = 1800) -> WebUIResult:
         pid = self.server.process.pid
