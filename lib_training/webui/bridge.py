@@ -18,6 +18,7 @@ from ..config import TrainConfig
 from ..errors import CheckpointError, SettingsError, TrainingError
 from ..models.adapter import ModelInfo
 from ..train import events as ev
+from ..train.host_memory import return_freed_memory
 from ..train.loop import TrainResult, train
 from .ldm_adapter import LdmAdapter, ldm_family, prediction_type
 
@@ -159,6 +160,7 @@ def train_loaded_model(config: TrainConfig, on_event: ev.EventSink | None = None
                             f"unchanged. ({error})") from error
     finally:
         devices.torch_gc()
+        return_freed_memory()
 
 
 def a1111_loader_report(name: str) -> dict:
