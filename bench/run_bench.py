@@ -572,6 +572,8 @@ def _targets(summary: dict) -> list[str]:
     out = []
     for entry in summary.values():
         m = entry["metrics"]
+        if m["steady_step_s"]["ours"] is None or m["steady_step_s"]["kohya"] is None:
+            continue  # one tool only (--only): nothing to compare
         checks = []
         r = m["steady_step_s"]["ratio"]
         checks.append(f"steady step {'MET' if r and r[0] <= 0.9 else 'not met'} ({_fmt(r and r[0], '{:.2f}')})")
