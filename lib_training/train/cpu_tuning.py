@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .guard import replaced_forwards
+
 _TIMED_RUNS = 2
 # Keep PyTorch's own way unless another is clearly faster: timing a few runs is noisy.
 _MIN_GAIN = 0.05
@@ -155,20 +157,9 @@ def tuned_layers(modules: Iterable[nn.Module], enabled: bool = True) -> Iterator
         yield None
         return
     tuner = LayerTuner(_PROCESS_CHOICES)
-    patched: list[tuple[nn.Module, object]] = []
-    try:
-        for root in modules:
-            for layer in root.modules():
-                if eligible(layer):
-                    patched.append((layer, layer.__dict__.get("forward")))
-                    layer.forward = _bound(tuner, layer)
+    layers = [layer for root in modules for layer in root.modules() if eligible(layer)]
+    with replaced_forwards((layer, _bound(tuner, layer)) for layer in layers):
         yield tuner
-    finally:
-        for layer, previous in reversed(patched):
-            if previous is None:
-                del layer.forward
-            else:
-                layer.forward = previous
 
 
 def _bound(tuner: LayerTuner, layer: nn.Module):

@@ -39,19 +39,25 @@ def gradient_checkpointing(units: Iterable[nn.Module], enabled: bool) -> Iterato
     Reentrant checkpointing (A1111's hijack, transformers 4.30's default) drops the
     gradients of LoRA weights when the base model is frozen.
     """
+    with replaced_forwards((unit, _checkpointed(unit.forward)) for unit in (units if enabled else ())):
+        yield
+
+
+@contextmanager
+def replaced_forwards(replacements: Iterable[tuple[nn.Module, object]]) -> Iterator[None]:
+    """Set each module's instance-level `forward` (its hooks still run), restore on exit."""
     patched: list[tuple[nn.Module, object]] = []
     try:
-        if enabled:
-            for unit in units:
-                patched.append((unit, unit.__dict__.get("forward")))
-                unit.forward = _checkpointed(unit.forward)
+        for module, forward in replacements:
+            patched.append((module, module.__dict__.get("forward")))
+            module.forward = forward
         yield
     finally:
-        for unit, previous in reversed(patched):
+        for module, previous in reversed(patched):
             if previous is None:
-                del unit.forward
+                del module.forward
             else:
-                unit.forward = previous
+                module.forward = previous
 
 
 def _checkpointed(forward):
