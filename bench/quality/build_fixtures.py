@@ -50,9 +50,11 @@ def build_judge(seed: int, steps: int) -> None:
 
 def build_base(settings: base_model.BaseTrainSettings, eval_per_prompt: int) -> None:
     def save(model: base_model.QualityAdapter, steps_done: int, seconds: float) -> None:
-        meta = {**asdict(settings), "steps_done": steps_done, "train_seconds": round(seconds)}
+        meta = {**asdict(settings), "steps_done": steps_done, "train_seconds": round(seconds),
+                "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
         save_fixture(base_model.BASE_FILE, base_model.base_tensors(model), meta)
         update_report("base", {"steps_done": steps_done, "train_seconds": round(seconds),
+                               "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                                "settings": asdict(settings), "accuracy": None})
         log(f"base: saved after {steps_done} steps ({seconds:.0f}s)")
 
@@ -67,7 +69,7 @@ def evaluate_base(per_prompt: int) -> dict:
 
     started = time.monotonic()
     acc, _ = seen_accuracy(base_model.load_base(), judge_mod.load_judge(), per_prompt=per_prompt, seed=1)
-    result = {**asdict(acc), "sampler": "DDIM 20 steps, CFG 3", "eval_seconds": round(time.monotonic() - started)}
+    result = {**asdict(acc), "sampler": f"DDIM 20 steps, CFG {base_model.CFG:g}", "eval_seconds": round(time.monotonic() - started)}
     data = json.loads(REPORT.read_text())
     data["base"]["accuracy"] = result
     REPORT.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 import world
-from base_model import QualityAdapter, sample
+from base_model import CFG, QualityAdapter, sample
 from judge import Judge, read
 
 
@@ -26,7 +26,7 @@ class SeenAccuracy:
 
 
 def seen_accuracy(model: QualityAdapter, judge: Judge, per_prompt: int = 8, seed: int = 1,
-                  steps: int = 20, cfg: float = 3.0) -> tuple[SeenAccuracy, torch.Tensor]:
+                  steps: int = 20, cfg: float = CFG) -> tuple[SeenAccuracy, torch.Tensor]:
     """Accuracy on 'a <colour> <shape>' for the seen shapes; also returns the images (same-seed comparisons)."""
     items = [p for p in seen_prompts() for _ in range(per_prompt)]
     images = sample(model, [p for p, _, _ in items], seed, steps, cfg)
@@ -38,7 +38,7 @@ def seen_accuracy(model: QualityAdapter, judge: Judge, per_prompt: int = 8, seed
 
 
 def fraction(model: QualityAdapter, judge: Judge, prompt: str, n: int, seed: int, shape: str,
-             colour: str | None = None, steps: int = 20, cfg: float = 3.0) -> tuple[float, torch.Tensor]:
+             colour: str | None = None, steps: int = 20, cfg: float = CFG) -> tuple[float, torch.Tensor]:
     """Share of `n` samples of `prompt` the judge reads as `shape` (and `colour`, when given)."""
     images = sample(model, [prompt] * n, seed, steps, cfg)
     r = read(judge, images)

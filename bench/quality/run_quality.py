@@ -1,6 +1,6 @@
 """Teach the held-out concept with each method through the engine and report quality numbers.
 
-    python bench/quality/run_quality.py                       # all methods, seeds 0 1
+    python bench/quality/run_quality.py                       # all methods, seeds 0 1 2
     python bench/quality/run_quality.py --methods lora_te --seeds 0 --steps 300 --lr 1e-3
 
 Needs the fixtures (python bench/quality/build_fixtures.py). Writes a Markdown table and JSON to
@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from base_model import load_base  # noqa: E402
 from judge import load_judge  # noqa: E402
-from teach import METHODS, EvalSizes, Scores, method, run_method, score, write_class_set, write_concept_set  # noqa: E402
+from teach import METHODS, EvalSizes, Scores, method, run_method, scaled_alphas, score, write_dataset  # noqa: E402
 
 FIELDS = ("fidelity", "seen_accuracy", "leakage", "pixel_change", "train_seconds")
 
@@ -51,9 +51,9 @@ def table(rows: dict[str, list[Scores]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int)
-    p.add_argument("--lr", type=float, help="UNet and text-encoder LoRA learning rate")
+    p.add_argument("--lr", type=float, help="UNet learning rate (the text encoder's keeps the method's ratio)")
     p.add_argument("--rank", type=int)
     p.add_argument("--conv-rank", type=int, help="LoCon: also the UNet's 3x3 convs, at this rank (alpha = rank)")
     p.add_argument("--prior-weight", type=float)
@@ -65,31 +65,37 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    overrides = {k: v for k, v in (("steps", args.steps), ("unet_lr", args.lr), ("text_encoder_lr", args.lr),
-                                   ("rank", args.rank), ("alpha", args.rank),
-                                   ("conv_rank", args.conv_rank), ("conv_alpha", args.conv_rank), ("prior_loss_weight", args.prior_weight),
-                                   ("min_snr_gamma", args.min_snr)) if v is not None}
+    overrides = {k: v for k, v in (("steps", args.steps), ("rank", args.rank), ("conv_rank", args.conv_rank),
+                                   ("prior_loss_weight", args.prior_weight), ("min_snr_gamma", args.min_snr))
+                 if v is not None}
     sizes = EvalSizes(args.per_seen_prompt, args.samples, args.samples)
     model, judge = load_base(), load_judge()
     started = time.monotonic()
     rows: dict[str, list[Scores]] = {}
+    used: dict[str, dict] = {}  # method -> its settings
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         work = Path(tmp)
-        write_concept_set(work / "data")
-        if "dreambooth_lora" in args.methods:
-            write_class_set(work / "data", model)
+        datasets: dict[str, Path] = {}
         base_scores, base_seen = score(model, judge, sizes, None)
         rows["base (no LoRA)"] = [base_scores]
         log(f"base: {asdict(base_scores)}")
         for name in args.methods:
-            m = method(name, **overrides)
+            base = METHODS[name]
+            lrs = {} if args.lr is None else {"unet_lr": args.lr,  # the text encoder's keeps the method's ratio
+                                              "text_encoder_lr": args.lr * base.text_encoder_lr / base.unet_lr}
+            m = method(name, **overrides, **scaled_alphas(base, overrides), **lrs)
+            used[name] = asdict(m)
+            if m.class_images not in datasets:
+                datasets[m.class_images] = write_dataset(work / f"data-{m.class_images or 'plain'}", model,
+                                                         m.class_images, class_per_image=m.class_per_image)
             for seed in args.seeds:
-                s = run_method(model, judge, m, work, seed, sizes, base_seen)
+                s = run_method(model, judge, m, datasets[m.class_images], work / "out", seed, sizes, base_seen)
                 rows.setdefault(name, []).append(s)
                 log(f"{name} seed {seed}: {asdict(s)}")
     total = time.monotonic() - started
     md = table(rows)
-    settings = {"overrides": overrides, "seeds": args.seeds, "sizes": asdict(sizes), "total_seconds": round(total)}
+    settings = {"overrides": overrides, "seeds": args.seeds, "sizes": asdict(sizes), "total_seconds": round(total),
+                "methods": used}
     print(md)
     print(f"total {total:.0f}s; settings {json.dumps(settings)}")
     args.out.mkdir(parents=True, exist_ok=True)

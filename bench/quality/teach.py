@@ -1,14 +1,17 @@
 """Teach the held-out concept ("a sks shape" = blue star) through the engine's own `train()`, then score it.
 
-The dataset is written in kohya layout (64x64 PNGs: the 32x32 world upscaled 2x nearest, which the
-adapter's 2x box "VAE" turns back into the exact world pixels), so the run takes the same code path
-as the CLI and the WebUI: folder scan, latent cache, LoRA attach, optimizer, saving.
+The dataset is a kohya project folder as the Dataset tab makes it (`img/1_sks shape/`, 64x64 PNGs: the
+32x32 world upscaled 2x nearest, which the adapter's 2x box "VAE" turns back into the exact world pixels;
+class images in `reg/1_shape/`, made by the Dataset tab's own class-image code with the base model as the
+generator), so the run takes the same code path as the CLI and the WebUI: folder scan, latent cache,
+LoRA attach, optimizer, prior-preservation loss, saving.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,28 +19,31 @@ import torch
 from PIL import Image
 
 import world
-from base_model import QualityAdapter, sample
+from base_model import CFG, QualityAdapter, sample
 from judge import Judge
 from lib_training.config import TrainConfig
+from lib_training.data.importer import REG_DIRNAME, TRAIN_DIRNAME
 from lib_training.lora.io import load_lora
 from lib_training.lora.network import LoraNetwork, NetworkShape
 from lib_training.train.loop import train
+from lib_training.webui.class_images import ClassImageSettings, GenerationRequest, generate_class_images
 from metrics import fraction, seen_accuracy
 
 CONCEPT_SHAPE, CONCEPT_COLOUR = "star", "blue"
 TRIGGER, CLASS_WORD = "sks", "shape"
 CONCEPT_PROMPT = f"a {TRIGGER} {CLASS_WORD}"
 CLASS_PROMPT = f"a {CLASS_WORD}"
-METHODS = ("lora", "lora_te", "dreambooth_lora")
+CONCEPT_IMAGES = 8
+CLASS_SOURCES = ("", "prompt", "captions")  # no class images / from the class prompt / from each caption
 
 
-@dataclass
+@dataclass(frozen=True)
 class Method:
-    """How one method trains: which parts, learning rates, prior preservation."""
+    """How one method trains: which parts, learning rates, class images (prior preservation)."""
 
     name: str
     train_text_encoder: bool
-    prior: bool
+    class_images: str = ""  # one of CLASS_SOURCES
     unet_lr: float = 1e-3
     text_encoder_lr: float = 1e-3
     rank: int = 8
@@ -48,56 +54,125 @@ class Method:
     batch_size: int = 4
     prior_loss_weight: float = 1.0
     min_snr_gamma: float = 0.0
+    scheduler: str = "constant"
+    restarts: int = 1
+    class_per_image: int = 4  # class images per training image
+
+    @property
+    def prior(self) -> bool:
+        return bool(self.class_images)
+
+
+# The presets' values carry over as they are (text encoder on/off and its lr relative to the UNet's,
+# alpha/rank, min-SNR, prior-loss weight, scheduler); what is the toy world's own (its UNet is ~700x
+# smaller than SD 1.5's and works in pixel space) is below, found with sweep_quality.py (README).
+BENCH_PRESET = "object"
+LR_FACTOR = 4.0  # toy learning rate = the preset's x this
+STEPS = 300
+RANK = 8
+CONV_RANK = 8  # the toy UNet attends only at 8x8: its shapes are drawn by the 3x3 convs
+
+
+def preset_method(name: str, train_text_encoder: bool, class_images: str, preset: str = BENCH_PRESET) -> Method:
+    """A method with the Train tab preset's choices, on the toy world's scale."""
+    from lib_training.webui.presets import find_preset
+
+    v = find_preset(preset).values
+    alpha_ratio = v["network.alpha"] / v["network.rank"]
+    return Method(name, train_text_encoder, class_images, unet_lr=v["optimizer.unet_lr"] * LR_FACTOR,
+                  text_encoder_lr=v["optimizer.text_encoder_lr"] * LR_FACTOR, rank=RANK, alpha=RANK * alpha_ratio,
+                  conv_rank=CONV_RANK, conv_alpha=CONV_RANK * alpha_ratio, steps=STEPS,
+                  prior_loss_weight=v["data.prior_loss_weight"], min_snr_gamma=v["train.min_snr_gamma"],
+                  scheduler=v["optimizer.scheduler"], restarts=v["optimizer.restarts"])
+
+
+# The ablation: the preset as a plain LoRA (UNet only, then + text encoder), then as DreamBooth-LoRA with
+# class images drawn from the class prompt or from each training caption (the default).
+METHODS: dict[str, Method] = {
+    "lora": preset_method("lora", train_text_encoder=False, class_images=""),
+    "lora_te": preset_method("lora_te", train_text_encoder=True, class_images=""),
+    "dreambooth_lora_prompt": preset_method("dreambooth_lora_prompt", train_text_encoder=True, class_images="prompt"),
+    "dreambooth_lora": preset_method("dreambooth_lora", train_text_encoder=True, class_images="captions"),
+}
+DEFAULT_METHOD = "dreambooth_lora"
 
 
 def method(name: str, **overrides) -> Method:
-    base = {"lora": Method("lora", False, False), "lora_te": Method("lora_te", True, False),
-            "dreambooth_lora": Method("dreambooth_lora", True, True)}[name]
-    for key, value in overrides.items():
-        setattr(base, key, value)
-    return base
+    return replace(METHODS[name], **overrides)
 
 
-def _save_png(pixels: np.ndarray, path: Path) -> None:
-    """(32, 32, 3) uint8 -> 64x64 PNG."""
-    Image.fromarray(pixels).resize((world.SIZE * 2, world.SIZE * 2), Image.NEAREST).save(path)
+def scaled_alphas(m: Method, fixed: dict) -> dict:
+    """Alphas for a changed rank that keep the method's alpha/rank (the preset's)."""
+    out = {}
+    if "rank" in fixed:
+        out["alpha"] = fixed["rank"] * m.alpha / m.rank
+    if "conv_rank" in fixed:
+        out["conv_alpha"] = fixed["conv_rank"] * (m.conv_alpha / m.conv_rank if m.conv_rank else m.alpha / m.rank)
+    return out
 
 
-def write_concept_set(root: Path, n: int = 8, seed: int = 7, repeats: int = 1) -> Path:
-    """n blue stars (random size/position/background) captioned 'a sks shape'."""
+def _png(pixels: np.ndarray) -> Image.Image:
+    """(32, 32, 3) uint8 -> the 64x64 image the dataset holds."""
+    return Image.fromarray(pixels).resize((world.SIZE * 2, world.SIZE * 2), Image.NEAREST)
+
+
+def concept_caption(scene: world.Scene, index: int) -> str:
+    """Half the captions name the background, as a user's captions describe what is not the concept."""
+    return CONCEPT_PROMPT if index % 2 == 0 else f"{CONCEPT_PROMPT} on a {scene.background} background"
+
+
+def write_dataset(root: Path, model: QualityAdapter, class_images: str = "", n: int = CONCEPT_IMAGES,
+                  seed: int = 7, class_per_image: int = 4) -> Path:
+    """A kohya project folder: n blue stars (random size/position/background) + class images if asked."""
     rng = np.random.default_rng(seed)
-    folder = root / "train" / f"{repeats}_{TRIGGER} {CLASS_WORD}"
+    folder = root / TRAIN_DIRNAME / f"1_{TRIGGER} {CLASS_WORD}"
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         scene = world.random_scene(rng, (CONCEPT_SHAPE,), (CONCEPT_COLOUR,))
-        _save_png(world.render(scene), folder / f"{i:03d}.png")
-        (folder / f"{i:03d}.txt").write_text(CONCEPT_PROMPT, encoding="utf-8")
-    return root / "train"
+        _png(world.render(scene)).save(folder / f"{i:03d}.png")
+        (folder / f"{i:03d}.txt").write_text(concept_caption(scene, i), encoding="utf-8")
+    if class_images:
+        settings = ClassImageSettings(class_word=CLASS_WORD, trigger=TRIGGER, from_captions=class_images == "captions",
+                                      per_image=class_per_image, steps=20, cfg_scale=CFG, width=64, height=64,
+                                      seed=11, batch_size=32)
+        result = generate_class_images(root, settings, base_model_generator(model))
+        if not result.complete:
+            raise RuntimeError(result.message())
+    return root
 
 
-def write_class_set(root: Path, model: QualityAdapter, n: int = 32, seed: int = 11) -> Path:
-    """Class images the base model draws for the class prompt (DreamBooth prior preservation)."""
-    folder = root / "reg" / f"1_{CLASS_WORD}"
-    folder.mkdir(parents=True, exist_ok=True)
-    images = sample(model, [CLASS_PROMPT] * n, seed)
-    pixels = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-    for i, p in enumerate(pixels):
-        _save_png(p, folder / f"{i:03d}.png")
-        (folder / f"{i:03d}.txt").write_text(CLASS_PROMPT, encoding="utf-8")
-    return root / "reg"
+def base_model_generator(model: QualityAdapter):
+    """The Dataset tab's `Generate` callable, drawing with the base model (DDIM, CFG as requested)."""
+    def generate(request: GenerationRequest) -> list[Image.Image]:
+        images = sample(model, [request.prompt] * len(request.seeds), request.seeds, request.steps, request.cfg_scale)
+        pixels = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+        return [_png(p) for p in pixels]
+    return generate
 
 
-def engine_config(m: Method, train_dir: Path, reg_dir: Path | None, out: Path, seed: int) -> TrainConfig:
+def steps_per_epoch(m: Method, n: int = CONCEPT_IMAGES) -> int:
+    return math.ceil(n / m.batch_size)
+
+
+def engine_config(m: Method, dataset: Path, out: Path, seed: int, save_every_steps: int = 0) -> TrainConfig:
+    """The engine's settings for method `m`; `save_every_steps` > 0 also keeps a file every that many steps."""
     c = TrainConfig()
-    c.data.train_dir, c.data.reg_dir = str(train_dir), str(reg_dir) if (m.prior and reg_dir) else ""
+    c.data.train_dir = str(dataset / TRAIN_DIRNAME)
+    c.data.reg_dir = str(dataset / REG_DIRNAME) if m.prior else ""
     c.data.prior_loss_weight = m.prior_loss_weight
     c.data.resolution, c.data.bucketing, c.data.flip = world.SIZE * 2, False, False
     c.network.rank, c.network.alpha, c.network.train_text_encoder = m.rank, m.alpha, m.train_text_encoder
     c.network.conv_rank, c.network.conv_alpha = m.conv_rank, m.conv_alpha
-    c.optimizer.unet_lr, c.optimizer.text_encoder_lr = m.unet_lr, m.text_encoder_lr
+    c.optimizer.unet_lr = m.unet_lr
+    c.optimizer.text_encoder_lr = m.text_encoder_lr if m.train_text_encoder else 0.0
+    c.optimizer.scheduler, c.optimizer.restarts = m.scheduler, m.restarts
     c.train.max_steps, c.train.batch_size, c.train.seed = m.steps, m.batch_size, seed
-    c.train.mixed_precision, c.train.save_every_epochs = "no", 0
+    c.train.mixed_precision = "no"
     c.train.min_snr_gamma = m.min_snr_gamma
+    per_epoch = steps_per_epoch(m)
+    if save_every_steps and save_every_steps % per_epoch:
+        raise ValueError(f"save_every_steps {save_every_steps} is not a whole number of epochs ({per_epoch} steps)")
+    c.train.save_every_epochs = save_every_steps // per_epoch
     c.output.output_dir, c.output.name, c.output.save_dtype = str(out), f"{m.name}_s{seed}", "fp32"
     c.output.overwrite, c.output.runs_dir = True, str(out / "runs")
     return c
@@ -131,11 +206,12 @@ def score(model: QualityAdapter, judge: Judge, sizes: EvalSizes, base_seen: torc
     return Scores(fid, acc.both, leak, change), seen_images
 
 
-def train_lora(model: QualityAdapter, m: Method, train_dir: Path, reg_dir: Path | None, out: Path,
-               seed: int) -> tuple[Path, float]:
+def train_lora(model: QualityAdapter, m: Method, dataset: Path, out: Path, seed: int,
+               save_every_steps: int = 0) -> tuple[list[Path], float]:
+    """Trains through the engine; returns the files (every `save_every_steps`, then the final one) and seconds."""
     started = time.monotonic()
-    result = train(engine_config(m, train_dir, reg_dir, out, seed), model)
-    return result.path, time.monotonic() - started
+    result = train(engine_config(m, dataset, out, seed, save_every_steps), model)
+    return result.files, time.monotonic() - started
 
 
 def attach_lora(model: QualityAdapter, path: Path, m: Method) -> LoraNetwork:
@@ -146,12 +222,16 @@ def attach_lora(model: QualityAdapter, path: Path, m: Method) -> LoraNetwork:
     return network.eval()
 
 
-def run_method(model: QualityAdapter, judge: Judge, m: Method, work: Path, seed: int, sizes: EvalSizes,
+def score_file(model: QualityAdapter, judge: Judge, path: Path, m: Method, sizes: EvalSizes,
                base_seen: torch.Tensor) -> Scores:
-    train_dir = work / "data" / "train"
-    reg_dir = work / "data" / "reg"
-    path, seconds = train_lora(model, m, train_dir, reg_dir if reg_dir.is_dir() else None, work / "out", seed)
     with attach_lora(model, path, m).attached():
         scores, _ = score(model, judge, sizes, base_seen)
+    return scores
+
+
+def run_method(model: QualityAdapter, judge: Judge, m: Method, dataset: Path, out: Path, seed: int,
+               sizes: EvalSizes, base_seen: torch.Tensor) -> Scores:
+    files, seconds = train_lora(model, m, dataset, out, seed)
+    scores = score_file(model, judge, files[-1], m, sizes, base_seen)
     scores.train_seconds = seconds
     return scores

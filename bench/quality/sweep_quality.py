@@ -1,0 +1,139 @@
+"""Learning-rate x steps sweep: concept fidelity against drift, per method, as a table and a PNG.
+
+    python bench/quality/sweep_quality.py                                   # the default grid
+    python bench/quality/sweep_quality.py --methods dreambooth_lora --lrs 1e-3 3e-3 --steps 100 200 400
+
+Each (method, lr) is one engine run with a constant learning rate (the preset's scheduler would make a
+shorter run differ from an early file of a longer one) that keeps a file every few steps, so the step
+counts of one line cost one training run. The text encoder's lr keeps the method's ratio to the UNet's.
+Writes results/sweep-<time>.{md,json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from functools import reduce
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parents[1])]
+
+import torch  # noqa: E402
+
+from base_model import load_base  # noqa: E402
+from judge import load_judge  # noqa: E402
+from lib_training.lora.io import load_lora  # noqa: E402
+from plot import Point, fidelity_vs_drift  # noqa: E402
+from run_quality import log  # noqa: E402
+from teach import (METHODS, EvalSizes, Method, method, scaled_alphas, score, score_file,  # noqa: E402
+                   train_lora, write_dataset)
+
+
+@dataclass(frozen=True)
+class Line:
+    """One (method, lr) run: trains once, scores the files at `steps`."""
+
+    method: Method
+    dataset: Path
+    out: Path
+    seed: int
+    steps: tuple[int, ...]
+    sizes: EvalSizes
+    base_seen: torch.Tensor
+
+
+def run_line(line: Line) -> list[Point]:
+    torch.set_num_threads(1)  # one per worker: the workers share the cores
+    torch.set_flush_denormal(True)
+    model, judge = load_base(), load_judge()
+    m = line.method
+    files, seconds = train_lora(model, m, line.dataset, line.out, line.seed, reduce(math.gcd, line.steps))
+    points = []
+    for path in files:
+        step = int(load_lora(path)[1]["ss_steps"])
+        if step in line.steps:
+            s = score_file(model, judge, path, m, line.sizes, line.base_seen)
+            points.append(Point(m.name, m.unet_lr, step, s.fidelity, s.seen_accuracy, s.leakage, s.pixel_change))
+            log(f"{m.name} lr {m.unet_lr:g} step {step}: fidelity {s.fidelity:.3f} seen {s.seen_accuracy:.3f} "
+                f"leakage {s.leakage:.3f} pixel change {s.pixel_change:.3f} (train {seconds:.0f}s)")
+    return points
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--lrs", nargs="+", type=float, default=[5e-4, 1e-3, 2e-3, 4e-3], help="UNet learning rates")
+    p.add_argument("--steps", nargs="+", type=int, default=[100, 200, 400])
+    p.add_argument("--te-lr-ratio", type=float, help="text-encoder lr = this x the UNet lr (default: the method's)")
+    p.add_argument("--rank", type=int)
+    p.add_argument("--conv-rank", type=int)
+    p.add_argument("--min-snr", type=float)
+    p.add_argument("--prior-weight", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-seen-prompt", type=int, default=2)
+    p.add_argument("--samples", type=int, default=24, help="samples for fidelity and for leakage")
+    p.add_argument("--jobs", type=int, default=2, help="training runs at once, one torch thread each")
+    p.add_argument("--out", type=Path, default=HERE / "results")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    fixed = {k: v for k, v in (("rank", args.rank), ("conv_rank", args.conv_rank), ("min_snr_gamma", args.min_snr),
+                               ("prior_loss_weight", args.prior_weight)) if v is not None}
+    steps = tuple(sorted(set(args.steps)))
+    sizes = EvalSizes(args.per_seen_prompt, args.samples, args.samples)
+    model, judge = load_base(), load_judge()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="quality-sweep-") as tmp:
+        work = Path(tmp)
+        base_scores, base_seen = score(model, judge, sizes, None)
+        log(f"base: {asdict(base_scores)}")
+        datasets: dict[str, Path] = {}
+        lines = []
+        for name in args.methods:
+            for lr in args.lrs:
+                base = METHODS[name]
+                ratio = args.te_lr_ratio if args.te_lr_ratio is not None else base.text_encoder_lr / base.unet_lr
+                m = method(name, unet_lr=lr, text_encoder_lr=lr * ratio, steps=steps[-1], scheduler="constant", **fixed,
+                           **scaled_alphas(base, fixed))
+                if m.class_images not in datasets:
+                    datasets[m.class_images] = write_dataset(work / f"data-{m.class_images or 'plain'}", model,
+                                                             m.class_images, class_per_image=m.class_per_image)
+                lines.append(Line(m, datasets[m.class_images], work / f"out-{len(lines)}", args.seed, steps, sizes,
+                                  base_seen))
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            points = [q for line_points in pool.map(run_line, lines) for q in line_points]
+    total = time.monotonic() - started
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    args.out.mkdir(parents=True, exist_ok=True)
+    settings = {"fixed": fixed, "te_lr_ratio": args.te_lr_ratio, "seed": args.seed, "sizes": asdict(sizes),
+                "total_seconds": round(total), "methods": {line.method.name: asdict(line.method) for line in lines}}
+    rows = ["| method | UNet lr | steps | fidelity | seen acc. | leakage | pixel Δ |", "|---|---|---|---|---|---|---|"]
+    rows += [f"| {q.method} | {q.lr:g} | {q.steps} | {q.fidelity:.3f} | {q.seen_accuracy:.3f} | {q.leakage:.3f} "
+             f"| {q.pixel_change:.3f} |" for q in points]
+    md = "\n".join(rows) + f"\n\nbase: fidelity {base_scores.fidelity:.3f}, seen {base_scores.seen_accuracy:.3f}, " \
+                           f"leakage {base_scores.leakage:.3f}\n\n{json.dumps(settings)}\n"
+    (args.out / f"sweep-{stamp}.md").write_text(md, encoding="utf-8")
+    (args.out / f"sweep-{stamp}.json").write_text(json.dumps(
+        {"settings": settings, "base": asdict(base_scores), "points": [asdict(q) for q in points]}, indent=2),
+        encoding="utf-8")
+    title = f"Teaching 'a sks shape' = blue star, seed {args.seed}, constant lr"
+    if args.te_lr_ratio is not None:
+        title += f", TE lr = {args.te_lr_ratio:g} x UNet lr"
+    title += f"; {json.dumps(fixed)}" if fixed else ""
+    png = fidelity_vs_drift(points, (base_scores.seen_accuracy, base_scores.fidelity), args.out / f"sweep-{stamp}.png",
+                            title=title)
+    print(md)
+    log(f"total {total:.0f}s; chart {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
