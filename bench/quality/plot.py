@@ -1,7 +1,7 @@
 """Fidelity-vs-drift chart of a sweep, drawn with PIL only (the A1111 environment has no matplotlib).
 
 One panel per method: x = seen-prompt accuracy (what the model still knows; drift moves points left),
-y = concept fidelity. One line per learning rate through its step counts (labelled), the base
+y = concept fidelity. One line per learning rate (or per changed setting) through its step counts (labelled), the base
 model as a black cross, the target corner shaded.
 """
 
@@ -20,6 +20,7 @@ LINE_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (1
 @dataclass(frozen=True)
 class Point:
     method: str
+    label: str  # the line it belongs to, e.g. "lr 0.001" or "min_snr_gamma=0"
     lr: float
     steps: int
     fidelity: float
@@ -41,7 +42,7 @@ def fidelity_vs_drift(points: Sequence[Point], base: tuple[float, float], path: 
                       target: tuple[float, float] = (0.9, 0.9), title: str = "") -> Path:
     """Writes the chart to `path`; `base` = (seen accuracy, fidelity) of the model without a LoRA."""
     methods = list(dict.fromkeys(p.method for p in points))
-    lrs = sorted({p.lr for p in points})
+    labels = list(dict.fromkeys(p.label for p in points))
     width = len(methods) * (PANEL + MARGIN) + MARGIN
     height = PANEL + 2 * MARGIN + LEGEND * 2 + 24
     image = Image.new("RGB", (width, height), "white")
@@ -72,9 +73,9 @@ def fidelity_vs_drift(points: Sequence[Point], base: tuple[float, float], path: 
         bx, by = xy(*base)
         draw.line([bx - 6, by - 6, bx + 6, by + 6], fill="black", width=2)
         draw.line([bx - 6, by + 6, bx + 6, by - 6], fill="black", width=2)
-        for k, lr in enumerate(lrs):
+        for k, label in enumerate(labels):
             colour = LINE_COLOURS[k % len(LINE_COLOURS)]
-            line = sorted((p for p in points if p.method == name and p.lr == lr), key=lambda p: p.steps)
+            line = sorted((p for p in points if p.method == name and p.label == label), key=lambda p: p.steps)
             coords = [xy(p.seen_accuracy, p.fidelity) for p in line]
             if len(coords) > 1:
                 draw.line(coords, fill=colour, width=2)
@@ -84,12 +85,12 @@ def fidelity_vs_drift(points: Sequence[Point], base: tuple[float, float], path: 
                 draw.text((px + 5, py - 14), str(p.steps), fill=colour, font=small)
     legend_y = top + PANEL + 44
     x = MARGIN
-    for k, lr in enumerate(lrs):
+    for k, label in enumerate(labels):
         colour = LINE_COLOURS[k % len(LINE_COLOURS)]
         draw.line([x, legend_y + 8, x + 24, legend_y + 8], fill=colour, width=3)
-        draw.text((x + 30, legend_y), f"lr {lr:g}", fill="black", font=normal)
-        x += 120
-    draw.text((x + 10, legend_y), "numbers = steps · dot size = class leakage · × = base model · "
+        draw.text((x + 30, legend_y), label, fill="black", font=normal)
+        x += 40 + draw.textlength(label, font=normal)
+    draw.text((MARGIN, legend_y + LEGEND), "numbers = steps · dot size = class leakage · × = base model · "
               f"green = target (seen ≥ {target[0]:g}, fidelity ≥ {target[1]:g})", fill="black", font=small)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)

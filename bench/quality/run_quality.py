@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from base_model import load_base  # noqa: E402
 from judge import load_judge  # noqa: E402
-from teach import METHODS, EvalSizes, Scores, method, run_method, scaled_alphas, score, write_dataset  # noqa: E402
+from teach import METHODS, EvalSizes, Line, Scores, method, run_lines, scaled_alphas, score, write_dataset  # noqa: E402
 
 FIELDS = ("fidelity", "seen_accuracy", "leakage", "pixel_change", "train_seconds")
 
@@ -57,17 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rank", type=int)
     p.add_argument("--conv-rank", type=int, help="LoCon: also the UNet's 3x3 convs, at this rank (alpha = rank)")
     p.add_argument("--prior-weight", type=float)
+    p.add_argument("--warmup", type=int, help="warm-up steps")
     p.add_argument("--min-snr", type=float)
     p.add_argument("--per-seen-prompt", type=int, default=4)
     p.add_argument("--samples", type=int, default=32, help="samples for fidelity and for leakage")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=2, help="training runs at once, one torch thread each")
     p.add_argument("--out", type=Path, default=HERE / "results")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     overrides = {k: v for k, v in (("steps", args.steps), ("rank", args.rank), ("conv_rank", args.conv_rank),
-                                   ("prior_loss_weight", args.prior_weight), ("min_snr_gamma", args.min_snr))
-                 if v is not None}
+                                   ("prior_loss_weight", args.prior_weight), ("min_snr_gamma", args.min_snr),
+                                   ("warmup_steps", args.warmup)) if v is not None}
     sizes = EvalSizes(args.per_seen_prompt, args.samples, args.samples)
     model, judge = load_base(), load_judge()
     started = time.monotonic()
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         work = Path(tmp)
         datasets: dict[str, Path] = {}
+        lines: list[Line] = []
         base_scores, base_seen = score(model, judge, sizes, None)
         rows["base (no LoRA)"] = [base_scores]
         log(f"base: {asdict(base_scores)}")
@@ -88,10 +90,12 @@ def main(argv: list[str] | None = None) -> int:
             if m.class_images not in datasets:
                 datasets[m.class_images] = write_dataset(work / f"data-{m.class_images or 'plain'}", model,
                                                          m.class_images, class_per_image=m.class_per_image)
-            for seed in args.seeds:
-                s = run_method(model, judge, m, datasets[m.class_images], work / "out", seed, sizes, base_seen)
-                rows.setdefault(name, []).append(s)
-                log(f"{name} seed {seed}: {asdict(s)}")
+            lines += [Line(m, datasets[m.class_images], work / f"out-{len(lines) + i}", seed, (m.steps,), sizes,
+                           base_seen) for i, seed in enumerate(args.seeds)]
+        for line, results in zip(lines, run_lines(lines, args.jobs)):
+            for _, s in results:
+                rows.setdefault(line.method.name, []).append(s)
+                log(f"{line.method.name} seed {line.seed}: {asdict(s)}")
     total = time.monotonic() - started
     md = table(rows)
     settings = {"overrides": overrides, "seeds": args.seeds, "sizes": asdict(sizes), "total_seconds": round(total),

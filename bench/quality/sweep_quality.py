@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import multiprocessing
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
-from functools import reduce
+from dataclasses import asdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -30,41 +26,26 @@ import torch  # noqa: E402
 
 from base_model import load_base  # noqa: E402
 from judge import load_judge  # noqa: E402
-from lib_training.lora.io import load_lora  # noqa: E402
 from plot import Point, fidelity_vs_drift  # noqa: E402
 from run_quality import log  # noqa: E402
-from teach import (METHODS, EvalSizes, Method, method, scaled_alphas, score, score_file,  # noqa: E402
-                   train_lora, write_dataset)
+from teach import METHODS, EvalSizes, Line, Method, method, run_lines, scaled_alphas, score, write_dataset  # noqa: E402
 
 
-@dataclass(frozen=True)
-class Line:
-    """One (method, lr) run: trains once, scores the files at `steps`."""
-
-    method: Method
-    dataset: Path
-    out: Path
-    seed: int
-    steps: tuple[int, ...]
-    sizes: EvalSizes
-    base_seen: torch.Tensor
-
-
-def run_line(line: Line) -> list[Point]:
-    torch.set_num_threads(1)  # one per worker: the workers share the cores
-    torch.set_flush_denormal(True)
-    model, judge = load_base(), load_judge()
-    m = line.method
-    files, seconds = train_lora(model, m, line.dataset, line.out, line.seed, reduce(math.gcd, line.steps))
-    points = []
-    for path in files:
-        step = int(load_lora(path)[1]["ss_steps"])
-        if step in line.steps:
-            s = score_file(model, judge, path, m, line.sizes, line.base_seen)
-            points.append(Point(m.name, m.unet_lr, step, s.fidelity, s.seen_accuracy, s.leakage, s.pixel_change))
-            log(f"{m.name} lr {m.unet_lr:g} step {step}: fidelity {s.fidelity:.3f} seen {s.seen_accuracy:.3f} "
-                f"leakage {s.leakage:.3f} pixel change {s.pixel_change:.3f} (train {seconds:.0f}s)")
-    return points
+def line_method(name: str, lr: float, te_lr_ratio: float | None, steps: int, fixed: dict, change: str) -> Method:
+    """Method `name` at UNet lr `lr` (constant), with `fixed` and one `change` ("field=value") applied."""
+    base = METHODS[name]
+    extra = dict(fixed)
+    if change:
+        key, _, text = change.partition("=")
+        if key == "te_lr_ratio":
+            te_lr_ratio = float(text)
+        elif key in Method.__dataclass_fields__ and key != "name":
+            extra[key] = type(getattr(base, key))(text)
+        else:
+            raise SystemExit(f"--vary {change}: use FIELD=VALUE with a field of teach.Method or te_lr_ratio")
+    ratio = te_lr_ratio if te_lr_ratio is not None else base.text_encoder_lr / base.unet_lr
+    return method(name, unet_lr=lr, text_encoder_lr=lr * ratio, steps=steps, scheduler="constant",
+                  **{**scaled_alphas(base, extra), **extra})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,16 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conv-rank", type=int)
     p.add_argument("--min-snr", type=float)
     p.add_argument("--prior-weight", type=float)
+    p.add_argument("--warmup", type=int, help="warm-up steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per-seen-prompt", type=int, default=2)
     p.add_argument("--samples", type=int, default=24, help="samples for fidelity and for leakage")
+    p.add_argument("--vary", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="also a line per change of one setting (a Method field, or te_lr_ratio), e.g. min_snr_gamma=0 "
+                        "rank=4; the first line keeps the settings as they are")
     p.add_argument("--jobs", type=int, default=2, help="training runs at once, one torch thread each")
     p.add_argument("--out", type=Path, default=HERE / "results")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
     fixed = {k: v for k, v in (("rank", args.rank), ("conv_rank", args.conv_rank), ("min_snr_gamma", args.min_snr),
-                               ("prior_loss_weight", args.prior_weight)) if v is not None}
+                               ("prior_loss_weight", args.prior_weight), ("warmup_steps", args.warmup)) if v is not None}
     steps = tuple(sorted(set(args.steps)))
     sizes = EvalSizes(args.per_seen_prompt, args.samples, args.samples)
     model, judge = load_base(), load_judge()
@@ -96,27 +81,31 @@ def main(argv: list[str] | None = None) -> int:
         base_scores, base_seen = score(model, judge, sizes, None)
         log(f"base: {asdict(base_scores)}")
         datasets: dict[str, Path] = {}
-        lines = []
+        lines: list[Line] = []
+        labels: list[str] = []
         for name in args.methods:
             for lr in args.lrs:
-                base = METHODS[name]
-                ratio = args.te_lr_ratio if args.te_lr_ratio is not None else base.text_encoder_lr / base.unet_lr
-                m = method(name, unet_lr=lr, text_encoder_lr=lr * ratio, steps=steps[-1], scheduler="constant", **fixed,
-                           **scaled_alphas(base, fixed))
-                if m.class_images not in datasets:
-                    datasets[m.class_images] = write_dataset(work / f"data-{m.class_images or 'plain'}", model,
-                                                             m.class_images, class_per_image=m.class_per_image)
-                lines.append(Line(m, datasets[m.class_images], work / f"out-{len(lines)}", args.seed, steps, sizes,
-                                  base_seen))
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            points = [q for line_points in pool.map(run_line, lines) for q in line_points]
+                for change in [""] + args.vary:
+                    m = line_method(name, lr, args.te_lr_ratio, steps[-1], fixed, change)
+                    if m.class_images not in datasets:
+                        datasets[m.class_images] = write_dataset(work / f"data-{m.class_images or 'plain'}", model,
+                                                                 m.class_images, class_per_image=m.class_per_image)
+                    label = " ".join(x for x in (f"lr {lr:g}" if len(args.lrs) > 1 or not args.vary else "",
+                                                 change or ("as set" if args.vary else "")) if x)
+                    labels.append(label)
+                    lines.append(Line(m, datasets[m.class_images], work / f"out-{len(lines)}", args.seed, steps, sizes,
+                                      base_seen))
+        points = [Point(line.method.name, label, line.method.unet_lr, step, s.fidelity, s.seen_accuracy, s.leakage,
+                        s.pixel_change)
+                  for line, label, results in zip(lines, labels, run_lines(lines, args.jobs)) for step, s in results]
     total = time.monotonic() - started
     stamp = time.strftime("%Y%m%d-%H%M%S")
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {"fixed": fixed, "te_lr_ratio": args.te_lr_ratio, "seed": args.seed, "sizes": asdict(sizes),
-                "total_seconds": round(total), "methods": {line.method.name: asdict(line.method) for line in lines}}
-    rows = ["| method | UNet lr | steps | fidelity | seen acc. | leakage | pixel Δ |", "|---|---|---|---|---|---|---|"]
-    rows += [f"| {q.method} | {q.lr:g} | {q.steps} | {q.fidelity:.3f} | {q.seen_accuracy:.3f} | {q.leakage:.3f} "
+                "total_seconds": round(total), "lines": {label: asdict(line.method) for line, label in zip(lines, labels)}}
+    rows = ["| method | line | UNet lr | steps | fidelity | seen acc. | leakage | pixel Δ |",
+            "|---|---|---|---|---|---|---|---|"]
+    rows += [f"| {q.method} | {q.label} | {q.lr:g} | {q.steps} | {q.fidelity:.3f} | {q.seen_accuracy:.3f} | {q.leakage:.3f} "
              f"| {q.pixel_change:.3f} |" for q in points]
     md = "\n".join(rows) + f"\n\nbase: fidelity {base_scores.fidelity:.3f}, seen {base_scores.seen_accuracy:.3f}, " \
                            f"leakage {base_scores.leakage:.3f}\n\n{json.dumps(settings)}\n"

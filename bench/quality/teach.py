@@ -10,8 +10,11 @@ LoRA attach, optimizer, prior-preservation loss, saving.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import reduce
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +22,15 @@ import torch
 from PIL import Image
 
 import world
-from base_model import CFG, QualityAdapter, sample
-from judge import Judge
+from base_model import CFG, QualityAdapter, load_base, sample
+from judge import Judge, load_judge
 from lib_training.config import TrainConfig
 from lib_training.data.importer import REG_DIRNAME, TRAIN_DIRNAME
 from lib_training.lora.io import load_lora
 from lib_training.lora.network import LoraNetwork, NetworkShape
 from lib_training.train.loop import train
 from lib_training.webui.class_images import ClassImageSettings, GenerationRequest, generate_class_images
+from lib_training.webui.presets import PRESET_BATCH, PRESET_EPOCHS, TARGET_SAMPLES_PER_EPOCH, find_preset
 from metrics import fraction, seen_accuracy
 
 CONCEPT_SHAPE, CONCEPT_COLOUR = "star", "blue"
@@ -56,6 +60,7 @@ class Method:
     min_snr_gamma: float = 0.0
     scheduler: str = "constant"
     restarts: int = 1
+    warmup_steps: int = 0
     class_per_image: int = 4  # class images per training image
 
     @property
@@ -71,19 +76,19 @@ LR_FACTOR = 4.0  # toy learning rate = the preset's x this
 STEPS = 300
 RANK = 8
 CONV_RANK = 8  # the toy UNet attends only at 8x8: its shapes are drawn by the 3x3 convs
+PRESET_STEPS = sum(TARGET_SAMPLES_PER_EPOCH) // 2 // PRESET_BATCH * PRESET_EPOCHS  # what a preset run takes
 
 
 def preset_method(name: str, train_text_encoder: bool, class_images: str, preset: str = BENCH_PRESET) -> Method:
     """A method with the Train tab preset's choices, on the toy world's scale."""
-    from lib_training.webui.presets import find_preset
-
     v = find_preset(preset).values
     alpha_ratio = v["network.alpha"] / v["network.rank"]
     return Method(name, train_text_encoder, class_images, unet_lr=v["optimizer.unet_lr"] * LR_FACTOR,
                   text_encoder_lr=v["optimizer.text_encoder_lr"] * LR_FACTOR, rank=RANK, alpha=RANK * alpha_ratio,
                   conv_rank=CONV_RANK, conv_alpha=CONV_RANK * alpha_ratio, steps=STEPS,
                   prior_loss_weight=v["data.prior_loss_weight"], min_snr_gamma=v["train.min_snr_gamma"],
-                  scheduler=v["optimizer.scheduler"], restarts=v["optimizer.restarts"])
+                  scheduler=v["optimizer.scheduler"], restarts=v["optimizer.restarts"],
+                  warmup_steps=round(STEPS * v["optimizer.warmup_steps"] / PRESET_STEPS))
 
 
 # The ablation: the preset as a plain LoRA (UNet only, then + text encoder), then as DreamBooth-LoRA with
@@ -165,7 +170,7 @@ def engine_config(m: Method, dataset: Path, out: Path, seed: int, save_every_ste
     c.network.conv_rank, c.network.conv_alpha = m.conv_rank, m.conv_alpha
     c.optimizer.unet_lr = m.unet_lr
     c.optimizer.text_encoder_lr = m.text_encoder_lr if m.train_text_encoder else 0.0
-    c.optimizer.scheduler, c.optimizer.restarts = m.scheduler, m.restarts
+    c.optimizer.scheduler, c.optimizer.restarts, c.optimizer.warmup_steps = m.scheduler, m.restarts, m.warmup_steps
     c.train.max_steps, c.train.batch_size, c.train.seed = m.steps, m.batch_size, seed
     c.train.mixed_precision = "no"
     c.train.min_snr_gamma = m.min_snr_gamma
@@ -229,9 +234,41 @@ def score_file(model: QualityAdapter, judge: Judge, path: Path, m: Method, sizes
     return scores
 
 
-def run_method(model: QualityAdapter, judge: Judge, m: Method, dataset: Path, out: Path, seed: int,
-               sizes: EvalSizes, base_seen: torch.Tensor) -> Scores:
-    files, seconds = train_lora(model, m, dataset, out, seed)
-    scores = score_file(model, judge, files[-1], m, sizes, base_seen)
-    scores.train_seconds = seconds
-    return scores
+@dataclass(frozen=True)
+class Line:
+    """One training run, scored at each of `steps` (files kept along the way; the last is the run's end)."""
+
+    method: Method
+    dataset: Path
+    out: Path
+    seed: int
+    steps: tuple[int, ...]
+    sizes: EvalSizes
+    base_seen: torch.Tensor
+
+
+def run_line(line: Line) -> list[tuple[int, Scores]]:
+    """(step, scores) per kept file; runs in a worker process with its own model (one torch thread)."""
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    model, judge = load_base(), load_judge()
+    every = reduce(math.gcd, line.steps) if len(line.steps) > 1 else 0
+    files, seconds = train_lora(model, line.method, line.dataset, line.out, line.seed, every)
+    results = []
+    for path in files:
+        step = int(load_lora(path)[1]["ss_steps"])
+        if step in line.steps:
+            scores = score_file(model, judge, path, line.method, line.sizes, line.base_seen)
+            scores.train_seconds = seconds
+            results.append((step, scores))
+            m = line.method
+            print(f"[{time.strftime('%H:%M:%S')}] {m.name} lr {m.unet_lr:g} seed {line.seed} step {step}: fidelity "
+                  f"{scores.fidelity:.3f} seen {scores.seen_accuracy:.3f} leakage {scores.leakage:.3f} "
+                  f"(train {seconds:.0f}s)", flush=True)
+    return results
+
+
+def run_lines(lines: list[Line], jobs: int) -> list[list[tuple[int, Scores]]]:
+    """`run_line` for each, `jobs` at a time (processes: one torch thread each beats threads on 2 cores)."""
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(run_line, lines))

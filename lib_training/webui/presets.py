@@ -28,6 +28,7 @@ _COMMON: dict[str, Any] = {
     "data.keep_tokens": 1,  # the trigger word stays first when captions are shuffled
     "data.caption_dropout": 0.0,
     "data.cache_latents": True,
+    "data.prior_loss_weight": 1.0,  # used when the dataset has class images (DreamBooth)
     "optimizer.optimizer": "adamw",
     "optimizer.weight_decay": 0.01,
     "optimizer.warmup_steps": 0,
