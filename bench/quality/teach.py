@@ -72,8 +72,8 @@ class Method:
 # alpha/rank, min-SNR, prior-loss weight, scheduler); what is the toy world's own (its UNet is ~700x
 # smaller than SD 1.5's and works in pixel space) is below, found with sweep_quality.py (README).
 BENCH_PRESET = "object"
-LR_FACTOR = 4.0  # toy learning rate = the preset's x this
-STEPS = 300
+LR_FACTOR = 8.0  # toy learning rate = the preset's x this
+STEPS = 400
 RANK = 8
 CONV_RANK = 8  # the toy UNet attends only at 8x8: its shapes are drawn by the 3x3 convs
 PRESET_STEPS = sum(TARGET_SAMPLES_PER_EPOCH) // 2 // PRESET_BATCH * PRESET_EPOCHS  # what a preset run takes
