@@ -43,11 +43,16 @@ def fidelity_vs_drift(points: Sequence[Point], base: tuple[float, float], path: 
     """Writes the chart to `path`; `base` = (seen accuracy, fidelity) of the model without a LoRA."""
     methods = list(dict.fromkeys(p.method for p in points))
     labels = list(dict.fromkeys(p.label for p in points))
-    width = len(methods) * (PANEL + MARGIN) + MARGIN
+    small, normal = _font(12), _font(15)
+    note = ("numbers = steps · dot size = class leakage · × = base model · "
+            f"green = target (seen ≥ {target[0]:g}, fidelity ≥ {target[1]:g})")
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    legend_width = sum(40 + measure.textlength(label, font=normal) for label in labels)
+    width = int(max(len(methods) * (PANEL + MARGIN) + MARGIN, 2 * MARGIN + legend_width,
+                    2 * MARGIN + measure.textlength(note, font=small), 2 * MARGIN + measure.textlength(title, font=normal)))
     height = PANEL + 2 * MARGIN + LEGEND * 2 + 24
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    small, normal = _font(12), _font(15)
     if title:
         draw.text((MARGIN, 8), title, fill="black", font=normal)
     top = MARGIN + 16
@@ -90,8 +95,7 @@ def fidelity_vs_drift(points: Sequence[Point], base: tuple[float, float], path: 
         draw.line([x, legend_y + 8, x + 24, legend_y + 8], fill=colour, width=3)
         draw.text((x + 30, legend_y), label, fill="black", font=normal)
         x += 40 + draw.textlength(label, font=normal)
-    draw.text((MARGIN, legend_y + LEGEND), "numbers = steps · dot size = class leakage · × = base model · "
-              f"green = target (seen ≥ {target[0]:g}, fidelity ≥ {target[1]:g})", fill="black", font=small)
+    draw.text((MARGIN, legend_y + LEGEND), note, fill="black", font=small)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
