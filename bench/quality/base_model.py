@@ -169,7 +169,7 @@ def sample(model: QualityAdapter, prompts: Sequence[str], seed: int | Sequence[i
 @dataclass
 class BaseTrainSettings:
     seed: int = 0
-    steps: int = 1800
+    steps: int = 5000
     batch: int = 32
     lr: float = 1e-3
     warmup: int = 100

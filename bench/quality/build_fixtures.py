@@ -1,12 +1,12 @@
 """Rebuild the quality benchmark's fixtures (judge + base model) with fixed seeds.
 
-    python bench/quality/build_fixtures.py               # judge, then base model (~40 min on a busy 2-core CPU)
-    python bench/quality/build_fixtures.py --only judge  # ~2-4 min
-    python bench/quality/build_fixtures.py --only base --base-steps 1800
+    python bench/quality/build_fixtures.py --only judge                # ~3-5 min, one thread
+    python bench/quality/build_fixtures.py --only base --threads 2     # 5000 steps, ~41 min on 2 free cores
+    python bench/quality/build_fixtures.py --only eval                 # score the base (seen prompts)
 
 Writes bench/quality/fixtures/{judge,base}.safetensors, their sha256 in fixtures/SHA256SUMS and
 the measured accuracies in fixtures/REPORT.json. Bit-identical output needs the same torch build
-and thread count (one thread is used).
+and thread count (the committed judge used one thread, the base two; REPORT.json records them).
 """
 
 from __future__ import annotations
