@@ -119,6 +119,8 @@ def load_base(check_hash: bool = True) -> QualityAdapter:
     unet, text_encoder = build_modules()
     unet.load_state_dict({k[len("unet."):]: v for k, v in tensors.items() if k.startswith("unet.")})
     te_state = {k[len("te."):]: v for k, v in tensors.items() if k.startswith("te.")}
+    if not hasattr(text_encoder, "text_model"):  # transformers 5 dropped the `text_model` level
+        te_state = {k.removeprefix("text_model."): v for k, v in te_state.items()}
     missing, unexpected = text_encoder.load_state_dict(te_state, strict=False)
     if unexpected or [m for m in missing if not m.endswith("position_ids")]:
         raise RuntimeError(f"base fixture does not match the architecture: {missing} {unexpected}")
@@ -224,5 +226,7 @@ def train_base(s: BaseTrainSettings, log=print, on_snapshot=None) -> tuple[Quali
 
 def base_tensors(model: QualityAdapter) -> dict[str, torch.Tensor]:
     out = {f"unet.{k}": v for k, v in model.unet().state_dict().items()}
-    out.update({f"te.{k}": v for k, v in model.text_encoder().state_dict().items() if not k.endswith("position_ids")})
+    te = model.text_encoder()
+    level = "" if hasattr(te, "text_model") else "text_model."  # the fixture keeps transformers 4's names
+    out.update({f"te.{level}{k}": v for k, v in te.state_dict().items() if not k.endswith("position_ids")})
     return out
