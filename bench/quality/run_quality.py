@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from base_model import load_base  # noqa: E402
 from judge import load_judge  # noqa: E402
-from teach import METHODS, EvalSizes, Line, Scores, method, run_lines, scaled_alphas, score, write_dataset  # noqa: E402
+from teach import METHODS, Datasets, EvalSizes, Line, Scores, method, run_lines, scaled_alphas, score  # noqa: E402
 
 FIELDS = ("fidelity", "seen_accuracy", "leakage", "pixel_change", "train_seconds")
 
@@ -48,17 +48,29 @@ def table(rows: dict[str, list[Scores]]) -> str:
     return "\n".join(lines)
 
 
+def add_setting_args(p: argparse.ArgumentParser) -> None:
+    """Flags that change one Method setting for every run (both the table and the sweep take them)."""
+    p.add_argument("--rank", type=int, help="LoRA rank (alpha keeps the method's alpha/rank)")
+    p.add_argument("--conv-rank", type=int, help="LoCon: also the UNet's 3x3 convs, at this rank")
+    p.add_argument("--min-snr", type=float)
+    p.add_argument("--prior-weight", type=float)
+    p.add_argument("--warmup", type=int, help="warm-up steps")
+
+
+def setting_overrides(args: argparse.Namespace) -> dict:
+    """Method field -> value for the flags of `add_setting_args` that were given."""
+    return {k: v for k, v in (("rank", args.rank), ("conv_rank", args.conv_rank), ("min_snr_gamma", args.min_snr),
+                              ("prior_loss_weight", args.prior_weight), ("warmup_steps", args.warmup))
+            if v is not None}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int)
     p.add_argument("--lr", type=float, help="UNet learning rate (the text encoder's keeps the method's ratio)")
-    p.add_argument("--rank", type=int)
-    p.add_argument("--conv-rank", type=int, help="LoCon: also the UNet's 3x3 convs, at this rank (alpha = rank)")
-    p.add_argument("--prior-weight", type=float)
-    p.add_argument("--warmup", type=int, help="warm-up steps")
-    p.add_argument("--min-snr", type=float)
+    add_setting_args(p)
     p.add_argument("--per-seen-prompt", type=int, default=4)
     p.add_argument("--samples", type=int, default=32, help="samples for fidelity and for leakage")
     p.add_argument("--jobs", type=int, default=2, help="training runs at once, one torch thread each")
@@ -66,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    overrides = {k: v for k, v in (("steps", args.steps), ("rank", args.rank), ("conv_rank", args.conv_rank),
-                                   ("prior_loss_weight", args.prior_weight), ("min_snr_gamma", args.min_snr),
-                                   ("warmup_steps", args.warmup)) if v is not None}
+    overrides = setting_overrides(args) | ({"steps": args.steps} if args.steps is not None else {})
     sizes = EvalSizes(args.per_seen_prompt, args.samples, args.samples)
     model, judge = load_base(), load_judge()
     started = time.monotonic()
@@ -76,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     used: dict[str, dict] = {}  # method -> its settings
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         work = Path(tmp)
-        datasets: dict[str, Path] = {}
+        datasets = Datasets()
         lines: list[Line] = []
         base_scores, base_seen = score(model, judge, sizes, None)
         rows["base (no LoRA)"] = [base_scores]
@@ -87,10 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                                               "text_encoder_lr": args.lr * base.text_encoder_lr / base.unet_lr}
             m = method(name, **overrides, **scaled_alphas(base, overrides), **lrs)
             used[name] = asdict(m)
-            if m.class_images not in datasets:
-                datasets[m.class_images] = write_dataset(work / f"data-{m.class_images or 'plain'}", model,
-                                                         m.class_images, class_per_image=m.class_per_image)
-            lines += [Line(m, datasets[m.class_images], work / f"out-{len(lines) + i}", seed, (m.steps,), sizes,
+            dataset = datasets.get(work, model, m)
+            lines += [Line(m, dataset, work / f"out-{len(lines) + i}", seed, (m.steps,), sizes,
                            base_seen) for i, seed in enumerate(args.seeds)]
         for line, results in zip(lines, run_lines(lines, args.jobs)):
             for _, s in results:

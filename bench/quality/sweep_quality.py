@@ -27,8 +27,8 @@ import torch  # noqa: E402
 from base_model import load_base  # noqa: E402
 from judge import load_judge  # noqa: E402
 from plot import Point, fidelity_vs_drift  # noqa: E402
-from run_quality import log  # noqa: E402
-from teach import METHODS, EvalSizes, Line, Method, method, run_lines, scaled_alphas, score, write_dataset  # noqa: E402
+from run_quality import add_setting_args, log, setting_overrides  # noqa: E402
+from teach import METHODS, Datasets, EvalSizes, Line, Method, method, run_lines, scaled_alphas, score  # noqa: E402
 
 
 def line_method(name: str, lr: float, te_lr_ratio: float | None, steps: int, fixed: dict, change: str) -> Method:
@@ -54,11 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lrs", nargs="+", type=float, default=[5e-4, 1e-3, 2e-3, 4e-3], help="UNet learning rates")
     p.add_argument("--steps", nargs="+", type=int, default=[100, 200, 400])
     p.add_argument("--te-lr-ratio", type=float, help="text-encoder lr = this x the UNet lr (default: the method's)")
-    p.add_argument("--rank", type=int)
-    p.add_argument("--conv-rank", type=int)
-    p.add_argument("--min-snr", type=float)
-    p.add_argument("--prior-weight", type=float)
-    p.add_argument("--warmup", type=int, help="warm-up steps")
+    add_setting_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per-seen-prompt", type=int, default=2)
     p.add_argument("--samples", type=int, default=24, help="samples for fidelity and for leakage")
@@ -70,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    fixed = {k: v for k, v in (("rank", args.rank), ("conv_rank", args.conv_rank), ("min_snr_gamma", args.min_snr),
-                               ("prior_loss_weight", args.prior_weight), ("warmup_steps", args.warmup)) if v is not None}
+    fixed = setting_overrides(args)
     steps = tuple(sorted(set(args.steps)))
     sizes = EvalSizes(args.per_seen_prompt, args.samples, args.samples)
     model, judge = load_base(), load_judge()
@@ -80,20 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         base_scores, base_seen = score(model, judge, sizes, None)
         log(f"base: {asdict(base_scores)}")
-        datasets: dict[str, Path] = {}
+        datasets = Datasets()
         lines: list[Line] = []
         labels: list[str] = []
         for name in args.methods:
             for lr in args.lrs:
                 for change in [""] + args.vary:
                     m = line_method(name, lr, args.te_lr_ratio, steps[-1], fixed, change)
-                    if m.class_images not in datasets:
-                        datasets[m.class_images] = write_dataset(work / f"data-{m.class_images or 'plain'}", model,
-                                                                 m.class_images, class_per_image=m.class_per_image)
                     label = " ".join(x for x in (f"lr {lr:g}" if len(args.lrs) > 1 or not args.vary else "",
                                                  change or ("as set" if args.vary else "")) if x)
                     labels.append(label)
-                    lines.append(Line(m, datasets[m.class_images], work / f"out-{len(lines)}", args.seed, steps, sizes,
+                    lines.append(Line(m, datasets.get(work, model, m), work / f"out-{len(lines)}", args.seed, steps, sizes,
                                       base_seen))
         points = [Point(line.method.name, label, line.method.unet_lr, step, s.fidelity, s.seen_accuracy, s.leakage,
                         s.pixel_change)

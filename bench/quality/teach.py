@@ -146,6 +146,19 @@ def write_dataset(root: Path, model: QualityAdapter, class_images: str = "", n: 
     return root
 
 
+class Datasets:
+    """One dataset folder per class-image source, written on first use (class images take a while)."""
+
+    def __init__(self) -> None:
+        self._made: dict[str, Path] = {}
+
+    def get(self, work: Path, model: QualityAdapter, m: Method) -> Path:
+        if m.class_images not in self._made:
+            self._made[m.class_images] = write_dataset(work / f"data-{m.class_images or 'plain'}", model,
+                                                       m.class_images, class_per_image=m.class_per_image)
+        return self._made[m.class_images]
+
+
 def base_model_generator(model: QualityAdapter):
     """The Dataset tab's `Generate` callable, drawing with the base model (DDIM, CFG as requested)."""
     def generate(request: GenerationRequest) -> list[Image.Image]:
