@@ -48,6 +48,18 @@ def table(rows: dict[str, list[Scores]]) -> str:
     return "\n".join(lines)
 
 
+def ablation_table(rows: dict[str, list[Scores]]) -> str:
+    """Per method and part switched off: fidelity / seen accuracy / leakage (empty without --ablate)."""
+    lines = []
+    for name, scores in rows.items():
+        for part in scores[0].extra:
+            cells = [mean_sd([s.extra[part][f] for s in scores]) for f in ("fidelity", "seen_accuracy", "leakage")]
+            lines.append(f"| {name} | {part} | " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    return "\n\n| method | file | fidelity | seen_accuracy | leakage |\n|---|---|---|---|---|\n" + "\n".join(lines)
+
+
 def add_setting_args(p: argparse.ArgumentParser) -> None:
     """Flags that change one Method setting for every run (both the table and the sweep take them)."""
     p.add_argument("--rank", type=int, help="LoRA rank (alpha keeps the method's alpha/rank)")
@@ -73,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     add_setting_args(p)
     p.add_argument("--per-seen-prompt", type=int, default=4)
     p.add_argument("--samples", type=int, default=32, help="samples for fidelity and for leakage")
+    p.add_argument("--ablate", action="store_true",
+                   help="also score each final file with its text-encoder / UNet-attention / UNet-conv part switched off")
     p.add_argument("--jobs", type=int, default=2, help="training runs at once, one torch thread each")
     p.add_argument("--out", type=Path, default=HERE / "results")
     args = p.parse_args(argv)
@@ -99,13 +113,13 @@ def main(argv: list[str] | None = None) -> int:
             used[name] = asdict(m)
             dataset = datasets.get(work, model, m)
             lines += [Line(m, dataset, work / f"out-{len(lines) + i}", seed, (m.steps,), sizes,
-                           base_seen) for i, seed in enumerate(args.seeds)]
+                           base_seen, args.ablate) for i, seed in enumerate(args.seeds)]
         for line, results in zip(lines, run_lines(lines, args.jobs)):
             for _, s in results:
                 rows.setdefault(line.method.name, []).append(s)
                 log(f"{line.method.name} seed {line.seed}: {asdict(s)}")
     total = time.monotonic() - started
-    md = table(rows)
+    md = table(rows) + ablation_table(rows)
     settings = {"overrides": overrides, "seeds": args.seeds, "sizes": asdict(sizes), "total_seconds": round(total),
                 "methods": used}
     print(md)

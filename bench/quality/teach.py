@@ -26,12 +26,12 @@ from base_model import CFG, QualityAdapter, load_base, sample
 from judge import Judge, load_judge
 from lib_training.config import TrainConfig
 from lib_training.data.importer import REG_DIRNAME, TRAIN_DIRNAME
-from lib_training.lora.io import load_lora
+from lib_training.lora.io import load_lora, save_lora
 from lib_training.lora.network import LoraNetwork, NetworkShape
 from lib_training.train.loop import train
 from lib_training.webui.class_images import ClassImageSettings, GenerationRequest, generate_class_images
 from lib_training.webui.presets import PRESET_BATCH, PRESET_EPOCHS, TARGET_SAMPLES_PER_EPOCH, find_preset
-from metrics import fraction, seen_accuracy
+from metrics import SeenAccuracy, fraction, seen_accuracy
 
 CONCEPT_SHAPE, CONCEPT_COLOUR = "star", "blue"
 TRIGGER, CLASS_WORD = "sks", "shape"
@@ -208,19 +208,23 @@ class Scores:
 
 @dataclass
 class EvalSizes:
-    per_seen_prompt: int = 4
+    per_seen_prompt: int = 4  # 0: no seen-prompt samples (accuracy and pixel change read 0)
     concept: int = 32
     leakage: int = 32
     steps: int = 20
 
 
 def score(model: QualityAdapter, judge: Judge, sizes: EvalSizes, base_seen: torch.Tensor | None,
-          seed: int = 1) -> tuple[Scores, torch.Tensor]:
-    acc, seen_images = seen_accuracy(model, judge, sizes.per_seen_prompt, seed, sizes.steps)
+          seed: int = 1) -> tuple[Scores, torch.Tensor | None]:
+    if sizes.per_seen_prompt:
+        acc, seen_images = seen_accuracy(model, judge, sizes.per_seen_prompt, seed, sizes.steps)
+    else:
+        acc, seen_images = SeenAccuracy(0.0, 0.0, 0.0, 0), None
     fid, _ = fraction(model, judge, CONCEPT_PROMPT, sizes.concept, seed + 1, CONCEPT_SHAPE, CONCEPT_COLOUR,
                       sizes.steps)
     leak, _ = fraction(model, judge, CLASS_PROMPT, sizes.leakage, seed + 2, CONCEPT_SHAPE, None, sizes.steps)
-    change = float((seen_images - base_seen).abs().mean() / 2) if base_seen is not None else 0.0
+    change = float((seen_images - base_seen).abs().mean() / 2) if seen_images is not None and base_seen is not None \
+        else 0.0
     return Scores(fid, acc.both, leak, change), seen_images
 
 
@@ -247,6 +251,37 @@ def score_file(model: QualityAdapter, judge: Judge, path: Path, m: Method, sizes
     return scores
 
 
+# The parts of a kohya file, by key: the ablation scores a file with one of them switched off
+# (its lora_up zeroed) to tell which part teaches the concept and which one makes the model drift.
+PARTS = {
+    "text encoder": lambda key: key.startswith("lora_te"),
+    "UNet attention": lambda key: key.startswith("lora_unet_") and "_attentions_" in key,
+    "UNet convs": lambda key: key.startswith("lora_unet_") and "_attentions_" not in key,
+}
+
+
+def without_part(path: Path, part: str, out: Path) -> Path:
+    """A copy of the LoRA file at `path` with `part` (a PARTS key) switched off."""
+    tensors, meta = load_lora(path)
+    chosen = PARTS[part]
+    save_lora(out, {k: torch.zeros_like(v) if chosen(k) and k.endswith("lora_up.weight") else v
+                    for k, v in tensors.items()}, meta)
+    return out
+
+
+def score_parts(model: QualityAdapter, judge: Judge, path: Path, m: Method, sizes: EvalSizes,
+                base_seen: torch.Tensor) -> dict[str, dict]:
+    """Scores of the file with each part it has switched off in turn: {"without <part>": scores}."""
+    keys = load_lora(path)[0].keys()
+    out = {}
+    for part, chosen in PARTS.items():
+        if any(chosen(k) for k in keys):
+            stripped = without_part(path, part, path.with_name(f"{path.stem}-without-{part.replace(' ', '_')}.safetensors"))
+            s = score_file(model, judge, stripped, m, sizes, base_seen)
+            out[f"without {part}"] = {"fidelity": s.fidelity, "seen_accuracy": s.seen_accuracy, "leakage": s.leakage}
+    return out
+
+
 @dataclass(frozen=True)
 class Line:
     """One training run, scored at each of `steps` (files kept along the way; the last is the run's end)."""
@@ -257,7 +292,8 @@ class Line:
     seed: int
     steps: tuple[int, ...]
     sizes: EvalSizes
-    base_seen: torch.Tensor
+    base_seen: torch.Tensor | None
+    ablate: bool = False  # also score the final file with each part switched off (Scores.extra)
 
 
 def run_line(line: Line) -> list[tuple[int, Scores]]:
@@ -273,6 +309,8 @@ def run_line(line: Line) -> list[tuple[int, Scores]]:
         if step in line.steps:
             scores = score_file(model, judge, path, line.method, line.sizes, line.base_seen)
             scores.train_seconds = seconds
+            if line.ablate and path == files[-1]:
+                scores.extra = score_parts(model, judge, path, line.method, line.sizes, line.base_seen)
             results.append((step, scores))
             m = line.method
             print(f"[{time.strftime('%H:%M:%S')}] {m.name} lr {m.unet_lr:g} seed {line.seed} step {step}: fidelity "
@@ -281,7 +319,28 @@ def run_line(line: Line) -> list[tuple[int, Scores]]:
     return results
 
 
-def run_lines(lines: list[Line], jobs: int) -> list[list[tuple[int, Scores]]]:
-    """`run_line` for each, `jobs` at a time (processes: one torch thread each beats threads on 2 cores)."""
+def line_cost(line: Line) -> int:
+    """Relative training time: steps, twice over with class images (each step adds a class batch)."""
+    return line.method.steps * (2 if line.method.prior else 1)
+
+
+def base_scores(sizes: EvalSizes) -> tuple[Scores, torch.Tensor | None]:
+    """`score` of the base model without a LoRA, in a worker process of its own (one torch thread)."""
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    return score(load_base(), load_judge(), sizes, None)
+
+
+def run_lines(lines: list[Line], jobs: int, base_sizes: EvalSizes | None = None):
+    """`run_line` for each, `jobs` at a time (processes: one torch thread each beats threads on 2 cores).
+
+    The longest runs start first, so the workers finish together; results come back in `lines` order.
+    With `base_sizes`, the base model is scored too, on the first free worker, and `(results, base scores)`
+    is returned (the base's seen images are then not available to the lines: their pixel change reads 0).
+    """
+    order = sorted(range(len(lines)), key=lambda i: -line_cost(lines[i]))
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(run_line, lines))
+        futures = {i: pool.submit(run_line, lines[i]) for i in order}
+        base = pool.submit(base_scores, base_sizes) if base_sizes is not None else None
+        results = [futures[i].result() for i in range(len(lines))]
+    return (results, base.result()[0]) if base is not None else results
