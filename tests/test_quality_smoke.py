@@ -45,7 +45,7 @@ def test_lora_teaches_the_concept_and_class_images_keep_the_class(tmp_path):
                              text_encoder_lr=default.text_encoder_lr * SMOKE_LR_FACTOR)
             dataset = teach.write_dataset(tmp_path / name, model, m.class_images, class_per_image=m.class_per_image)
             lines.append(teach.Line(m, dataset, tmp_path / f"out-{name}", 0, (m.steps,), sizes, None))
-        results, base = teach.run_lines(lines, jobs=2, base_sizes=sizes)
+        results, base = teach.run_lines_and_base(lines, jobs=2, base_sizes=sizes)
         (plain,), (prior,) = [[s for _, s in line_results] for line_results in results]
     finally:
         torch.set_num_threads(threads)

@@ -331,16 +331,24 @@ def base_scores(sizes: EvalSizes) -> tuple[Scores, torch.Tensor | None]:
     return score(load_base(), load_judge(), sizes, None)
 
 
-def run_lines(lines: list[Line], jobs: int, base_sizes: EvalSizes | None = None):
+def run_lines(lines: list[Line], jobs: int) -> list[list[tuple[int, Scores]]]:
     """`run_line` for each, `jobs` at a time (processes: one torch thread each beats threads on 2 cores).
 
     The longest runs start first, so the workers finish together; results come back in `lines` order.
-    With `base_sizes`, the base model is scored too, on the first free worker, and `(results, base scores)`
-    is returned (the base's seen images are then not available to the lines: their pixel change reads 0).
     """
+    return _run_pool(lines, jobs, None)[0]
+
+
+def run_lines_and_base(lines: list[Line], jobs: int, base_sizes: EvalSizes) -> tuple[list, Scores]:
+    """`run_lines`, and the base model scored on the first free worker (its seen images are not kept, so
+    the lines' pixel change reads 0)."""
+    return _run_pool(lines, jobs, base_sizes)
+
+
+def _run_pool(lines: list[Line], jobs: int, base_sizes: EvalSizes | None) -> tuple[list, Scores | None]:
     order = sorted(range(len(lines)), key=lambda i: -line_cost(lines[i]))
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {i: pool.submit(run_line, lines[i]) for i in order}
         base = pool.submit(base_scores, base_sizes) if base_sizes is not None else None
         results = [futures[i].result() for i in range(len(lines))]
-    return (results, base.result()[0]) if base is not None else results
+    return results, (base.result()[0] if base is not None else None)
