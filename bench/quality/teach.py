@@ -260,9 +260,8 @@ PARTS = {
 }
 
 
-def without_part(path: Path, part: str, out: Path) -> Path:
-    """A copy of the LoRA file at `path` with `part` (a PARTS key) switched off."""
-    tensors, meta = load_lora(path)
+def without_part(tensors: dict[str, torch.Tensor], meta: dict, part: str, out: Path) -> Path:
+    """The LoRA `tensors` (+ `meta`) saved to `out` with `part` (a PARTS key) switched off."""
     chosen = PARTS[part]
     save_lora(out, {k: torch.zeros_like(v) if chosen(k) and k.endswith("lora_up.weight") else v
                     for k, v in tensors.items()}, meta)
@@ -272,11 +271,12 @@ def without_part(path: Path, part: str, out: Path) -> Path:
 def score_parts(model: QualityAdapter, judge: Judge, path: Path, m: Method, sizes: EvalSizes,
                 base_seen: torch.Tensor) -> dict[str, dict]:
     """Scores of the file with each part it has switched off in turn: {"without <part>": scores}."""
-    keys = load_lora(path)[0].keys()
+    tensors, meta = load_lora(path)  # read once, written once per part
     out = {}
     for part, chosen in PARTS.items():
-        if any(chosen(k) for k in keys):
-            stripped = without_part(path, part, path.with_name(f"{path.stem}-without-{part.replace(' ', '_')}.safetensors"))
+        if any(chosen(k) for k in tensors):
+            stripped = without_part(tensors, meta, part,
+                                    path.with_name(f"{path.stem}-without-{part.replace(' ', '_')}.safetensors"))
             s = score_file(model, judge, stripped, m, sizes, base_seen)
             out[f"without {part}"] = {"fidelity": s.fidelity, "seen_accuracy": s.seen_accuracy, "leakage": s.leakage}
     return out
