@@ -59,6 +59,27 @@ def test_lora_changes_output_when_trained_weights_are_nonzero_and_detach_restore
         assert all(torch.equal(before[name][k], after[k]) for k in before[name])
 
 
+def test_merged_weights_give_the_hooks_output_and_are_put_back_exactly(sd1_model):
+    before = {"unet": _snapshot(sd1_model.unet()), "te": _snapshot(sd1_model.text_encoder())}
+    network = LoraNetwork.for_model(sd1_model, NetworkShape(rank=4, alpha=2, conv_rank=4, conv_alpha=1))
+    with torch.no_grad():
+        for module in network:
+            module.lora_up.weight.normal_(0, 0.1)
+    network.set_multiplier(0.7)
+    with network.attached():
+        cond_hooked, out_hooked = _outputs(sd1_model)
+    with network.merged():
+        assert _hooks(sd1_model.unet()) == 0
+        cond_merged, out_merged = _outputs(sd1_model)
+    _, out_base = _outputs(sd1_model)
+    assert not torch.allclose(out_base, out_hooked, atol=1e-3)
+    torch.testing.assert_close(cond_merged, cond_hooked, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out_merged, out_hooked, rtol=1e-4, atol=1e-5)
+    for name, module in (("unet", sd1_model.unet()), ("te", sd1_model.text_encoder())):
+        after = module.state_dict()
+        assert all(torch.equal(before[name][k], after[k]) for k in before[name]), name
+
+
 def test_multiplier_and_scale_follow_kohya(sd1_model):
     network = LoraNetwork.for_model(sd1_model, NetworkShape(rank=4, alpha=2))
     module = next(iter(network))

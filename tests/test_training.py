@@ -286,3 +286,29 @@ def test_v_prediction_and_prior_preservation(tmp_path):
         assert meta["ss_base_model_version"] == "sd_v2_v" and meta["ss_num_reg_images"] == "2"
     # Same instance batches and noise: the prior term only adds loss.
     assert losses[1.0][0] > losses[0.0][0]
+
+
+@pytest.mark.parametrize("same_size", [True, False])
+def test_prior_loss_is_instance_loss_plus_weight_times_class_loss(tmp_path, monkeypatch, same_size):
+    """Instance and class images of one size share a forward pass, others get their own; either way the first
+    step's loss (same batches, same noise) is instance + weight x class, so it grows linearly in the weight."""
+    from lib_training.models.tiny import tiny_adapter
+    from lib_training.train import loop
+
+    joined = []
+    original = loop.NoisedBatch.joined
+    monkeypatch.setattr(loop.NoisedBatch, "joined", staticmethod(lambda parts: joined.append(len(parts)) or original(parts)))
+    model = tiny_adapter("sd1", seed=1)
+    data = tmp_path / "data"
+    # Bucketing puts the square astronaut and the landscape class photos in buckets of different sizes.
+    write_photos(data / "1_sks person", names=("astronaut",), size=256, captions={"astronaut": "sks person"})
+    write_photos(tmp_path / "reg" / "1_person", names=("coffee", "rocket"), size=256)
+    first = {}
+    for weight in (0.0, 1.0, 2.0):
+        config = small_config(data, tmp_path / f"out{weight}", train__max_steps=1, data__reg_dir=str(tmp_path / "reg"),
+                              data__prior_loss_weight=weight, data__resolution=128, data__bucket_step=32,
+                              data__bucketing=not same_size)
+        first[weight] = train(config, model).losses[0][1]
+    assert first[1.0] > first[0.0]
+    assert first[2.0] - first[1.0] == pytest.approx(first[1.0] - first[0.0], rel=1e-4)
+    assert (2 in joined) == same_size, joined

@@ -237,7 +237,7 @@ def train_lora(model: QualityAdapter, m: Method, dataset: Path, out: Path, seed:
 
 
 def attach_lora(model: QualityAdapter, path: Path, m: Method) -> LoraNetwork:
-    """A network loaded from `path`; use `with network.attached():` to sample with it."""
+    """A network loaded from `path`; use `with network.merged():` to sample with it."""
     network = LoraNetwork.for_model(model, NetworkShape(m.rank, m.alpha, m.conv_rank, m.conv_alpha, m.train_text_encoder))
     tensors, _ = load_lora(path)
     network.load_kohya_state_dict(tensors, source=str(path))
@@ -246,7 +246,7 @@ def attach_lora(model: QualityAdapter, path: Path, m: Method) -> LoraNetwork:
 
 def score_file(model: QualityAdapter, judge: Judge, path: Path, m: Method, sizes: EvalSizes,
                base_seen: torch.Tensor) -> Scores:
-    with attach_lora(model, path, m).attached():
+    with attach_lora(model, path, m).merged():  # sampling: merged weights are a third faster than hooks
         scores, _ = score(model, judge, sizes, base_seen)
     return scores
 

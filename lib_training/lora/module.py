@@ -49,6 +49,15 @@ class LoraModule(nn.Module):
         down = self.lora_down.weight
         return self.lora_up(self.lora_down(x.to(down.dtype))) * (self.multiplier * self.scale)
 
+    def weight_delta(self) -> torch.Tensor:
+        """What merging adds to the base weight: `delta` as one weight (up @ down, over the 3x3 kernel for convs)."""
+        up, down = self.lora_up.weight, self.lora_down.weight
+        if down.dim() == 4:
+            product = torch.einsum("or,rihw->oihw", up[:, :, 0, 0], down)
+        else:
+            product = up @ down
+        return product * (self.multiplier * self.scale)
+
     def _hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
         return output + self.delta(inputs[0]).to(output.dtype)
 

@@ -36,6 +36,21 @@ LOG_FILE = "log.jsonl"
 
 
 @dataclass
+class NoisedBatch:
+    """One micro-batch ready for the model: noised latents, their timesteps, captions and the loss target."""
+
+    noisy: torch.Tensor
+    timesteps: torch.Tensor
+    captions: list[str]
+    target: torch.Tensor
+
+    @staticmethod
+    def joined(parts: list[NoisedBatch]) -> NoisedBatch:
+        return NoisedBatch(torch.cat([p.noisy for p in parts]), torch.cat([p.timesteps for p in parts]),
+                           [c for p in parts for c in p.captions], torch.cat([p.target for p in parts]))
+
+
+@dataclass
 class TrainResult:
     path: Path
     files: list[Path]
@@ -197,16 +212,22 @@ class _Trainer:
         epoch, offset = divmod(micro, plan.batches_per_epoch)
         batch = epoch_batches(plan.train_samples, self.c.train.batch_size, self.c.train.seed, epoch)[offset]
         gen = generator(self.c.train.seed, "micro", micro)
-        loss = self._batch_loss(plan.train_samples, self.caches[0], batch, gen)
+        parts = [(1.0, self._noised_batch(plan.train_samples, self.caches[0], batch, gen))]
         if plan.reg_samples and d.prior_loss_weight > 0:
             reg_batches = epoch_batches(plan.reg_samples, self.c.train.batch_size, self.c.train.seed,
                                         epoch, use_repeats=False)
             reg_batch = reg_batches[micro % len(reg_batches)]
-            loss = loss + d.prior_loss_weight * self._batch_loss(plan.reg_samples, self.caches[1], reg_batch, gen)
-        return loss
+            parts.append((d.prior_loss_weight, self._noised_batch(plan.reg_samples, self.caches[1], reg_batch, gen)))
+        # Instance and class images of one size go through the model as one batch (a quarter faster than
+        # two passes on the CPU, and as kohya does); the loss is the same: mean + weight * mean.
+        if len({part.noisy.shape[1:] for _, part in parts}) == 1:
+            losses = self._losses(NoisedBatch.joined([part for _, part in parts]))
+            sizes = [len(part.timesteps) for _, part in parts]
+            return sum(w * l.mean() for (w, _), l in zip(parts, losses.split(sizes)))
+        return sum(w * self._losses(part).mean() for w, part in parts)
 
-    def _batch_loss(self, samples: list[Sample], cache: LatentCache, batch: list[int],
-                    gen: torch.Generator) -> torch.Tensor:
+    def _noised_batch(self, samples: list[Sample], cache: LatentCache, batch: list[int],
+                      gen: torch.Generator) -> NoisedBatch:
         d, t = self.c.data, self.c.train
         rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=gen)))
         flips = [d.flip and rng.random() < 0.5 for _ in batch]
@@ -216,15 +237,20 @@ class _Trainer:
         timesteps = torch.randint(0, len(self.model.alphas_cumprod), (len(batch),), generator=gen).to(self.device)
         noise = sample_noise(latents, t.noise_offset, gen)
         alphas = self.model.alphas_cumprod
-        noisy = add_noise(latents, noise, timesteps, alphas)
-        with self._autocast():
-            cond = self._conditioning(captions)
-            prediction = self.model.predict(noisy.to(self.model.dtype), timesteps, cond)
         target = target_for(self.model.info.prediction_type, latents, noise, timesteps, alphas)
-        losses = per_sample_mse(prediction, target)
-        if t.min_snr_gamma > 0:
-            losses = losses * min_snr_weights(timesteps, alphas, t.min_snr_gamma, self.model.info.prediction_type)
-        return losses.mean()
+        return NoisedBatch(add_noise(latents, noise, timesteps, alphas), timesteps, captions, target)
+
+    def _losses(self, b: NoisedBatch) -> torch.Tensor:
+        """Per-sample loss (min-SNR weighted when set)."""
+        with self._autocast():
+            cond = self._conditioning(b.captions)
+            prediction = self.model.predict(b.noisy.to(self.model.dtype), b.timesteps, cond)
+        losses = per_sample_mse(prediction, b.target)
+        gamma = self.c.train.min_snr_gamma
+        if gamma > 0:
+            losses = losses * min_snr_weights(b.timesteps, self.model.alphas_cumprod, gamma,
+                                              self.model.info.prediction_type)
+        return losses
 
     def _conditioning(self, captions: list[str]) -> torch.Tensor:
         if self.train_text_encoder:
