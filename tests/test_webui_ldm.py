@@ -15,7 +15,7 @@ import torch
 
 pytest.importorskip("ldm", reason="the ldm package is installed only in the a1111 test env; run `bash tests/run.sh`")
 
-from conftest import small_config  # noqa: E402
+from conftest import small_config, write_photos  # noqa: E402
 from tiny_ldm import build_tiny_ldm, ldm_config  # noqa: E402
 
 from lib_training.lora.io import load_lora  # noqa: E402
@@ -184,6 +184,20 @@ def test_gradient_checkpointing_on_ldm_gives_the_same_gradients(sd1_ldm):
     assert plain.keys() == checkpointed.keys()
     assert all(torch.allclose(plain[k], checkpointed[k], atol=1e-6) for k in plain)
     assert sum(g.abs().sum() for g in plain.values()) > 0
+
+
+def test_dreambooth_on_ldm_passes_instance_and_class_images_as_one_batch(sd1_ldm, photo_dataset, tmp_path):
+    """The joined instance + class batch through A1111's model: the first step's loss is still
+    instance + weight x class (linear in the weight, same batches and noise)."""
+    write_photos(tmp_path / "reg" / "1_cat", names=("coffee", "rocket"))
+    adapter = adapter_for(sd1_ldm)
+    first = {}
+    for weight in (0.0, 1.0, 2.0):
+        config = small_config(photo_dataset, tmp_path / f"out{weight}", train__max_steps=1,
+                              data__reg_dir=str(tmp_path / "reg"), data__prior_loss_weight=weight)
+        first[weight] = train(config, adapter).losses[0][1]
+    assert first[1.0] > first[0.0]
+    assert first[2.0] - first[1.0] == pytest.approx(first[1.0] - first[0.0], rel=1e-4)
 
 
 def test_sd2_ldm_trains_unet_only_with_v_prediction(ldm_folder, photo_dataset, tmp_path):
