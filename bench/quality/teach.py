@@ -26,7 +26,7 @@ from base_model import CFG, QualityAdapter, load_base, sample
 from judge import Judge, load_judge
 from lib_training.config import TrainConfig
 from lib_training.data.importer import REG_DIRNAME, TRAIN_DIRNAME
-from lib_training.lora.io import load_lora, save_lora
+from lib_training.lora.io import load_lora
 from lib_training.lora.network import LoraNetwork, NetworkShape
 from lib_training.train.loop import train
 from lib_training.webui.class_images import ClassImageSettings, GenerationRequest, generate_class_images
@@ -236,17 +236,16 @@ def train_lora(model: QualityAdapter, m: Method, dataset: Path, out: Path, seed:
     return result.files, time.monotonic() - started
 
 
-def attach_lora(model: QualityAdapter, path: Path, m: Method) -> LoraNetwork:
-    """A network loaded from `path`; use `with network.merged():` to sample with it."""
+def lora_network(model: QualityAdapter, tensors: dict[str, torch.Tensor], m: Method, source: str) -> LoraNetwork:
+    """A network holding the kohya `tensors` (read from `source`); sample with it through `score_network`."""
     network = LoraNetwork.for_model(model, NetworkShape(m.rank, m.alpha, m.conv_rank, m.conv_alpha, m.train_text_encoder))
-    tensors, _ = load_lora(path)
-    network.load_kohya_state_dict(tensors, source=str(path))
+    network.load_kohya_state_dict(tensors, source=source)
     return network.eval()
 
 
-def score_file(model: QualityAdapter, judge: Judge, path: Path, m: Method, sizes: EvalSizes,
-               base_seen: torch.Tensor) -> Scores:
-    with attach_lora(model, path, m).merged():  # sampling: merged weights are a third faster than hooks
+def score_network(model: QualityAdapter, judge: Judge, network: LoraNetwork, sizes: EvalSizes,
+                  base_seen: torch.Tensor | None) -> Scores:
+    with network.merged():  # sampling: merged weights are a third faster than hooks
         scores, _ = score(model, judge, sizes, base_seen)
     return scores
 
@@ -260,24 +259,21 @@ PARTS = {
 }
 
 
-def without_part(tensors: dict[str, torch.Tensor], meta: dict, part: str, out: Path) -> Path:
-    """The LoRA `tensors` (+ `meta`) saved to `out` with `part` (a PARTS key) switched off."""
+def without_part(tensors: dict[str, torch.Tensor], part: str) -> dict[str, torch.Tensor]:
+    """The LoRA `tensors` with `part` (a PARTS key) switched off."""
     chosen = PARTS[part]
-    save_lora(out, {k: torch.zeros_like(v) if chosen(k) and k.endswith("lora_up.weight") else v
-                    for k, v in tensors.items()}, meta)
-    return out
+    return {k: torch.zeros_like(v) if chosen(k) and k.endswith("lora_up.weight") else v for k, v in tensors.items()}
 
 
-def score_parts(model: QualityAdapter, judge: Judge, path: Path, m: Method, sizes: EvalSizes,
-                base_seen: torch.Tensor) -> dict[str, dict]:
-    """Scores of the file with each part it has switched off in turn: {"without <part>": scores}."""
-    tensors, meta = load_lora(path)  # read once, written once per part
+def score_parts(model: QualityAdapter, judge: Judge, network: LoraNetwork, tensors: dict[str, torch.Tensor],
+                sizes: EvalSizes, base_seen: torch.Tensor | None) -> dict[str, dict]:
+    """Scores of the file (`tensors`, loaded in `network`) with each part it has switched off in turn:
+    {"without <part>": scores}. Leaves `network` holding the last of them."""
     out = {}
     for part, chosen in PARTS.items():
         if any(chosen(k) for k in tensors):
-            stripped = without_part(tensors, meta, part,
-                                    path.with_name(f"{path.stem}-without-{part.replace(' ', '_')}.safetensors"))
-            s = score_file(model, judge, stripped, m, sizes, base_seen)
+            network.load_kohya_state_dict(without_part(tensors, part))
+            s = score_network(model, judge, network, sizes, base_seen)
             out[f"without {part}"] = {"fidelity": s.fidelity, "seen_accuracy": s.seen_accuracy, "leakage": s.leakage}
     return out
 
@@ -305,12 +301,14 @@ def run_line(line: Line) -> list[tuple[int, Scores]]:
     files, seconds = train_lora(model, line.method, line.dataset, line.out, line.seed, every)
     results = []
     for path in files:
-        step = int(load_lora(path)[1]["ss_steps"])
+        tensors, meta = load_lora(path)
+        step = int(meta["ss_steps"])
         if step in line.steps:
-            scores = score_file(model, judge, path, line.method, line.sizes, line.base_seen)
+            network = lora_network(model, tensors, line.method, str(path))
+            scores = score_network(model, judge, network, line.sizes, line.base_seen)
             scores.train_seconds = seconds
             if line.ablate and path == files[-1]:
-                scores.extra = score_parts(model, judge, path, line.method, line.sizes, line.base_seen)
+                scores.extra = score_parts(model, judge, network, tensors, line.sizes, line.base_seen)
             results.append((step, scores))
             m = line.method
             print(f"[{time.strftime('%H:%M:%S')}] {m.name} lr {m.unet_lr:g} seed {line.seed} step {step}: fidelity "

@@ -218,13 +218,14 @@ class _Trainer:
                                         epoch, use_repeats=False)
             reg_batch = reg_batches[micro % len(reg_batches)]
             parts.append((d.prior_loss_weight, self._noised_batch(plan.reg_samples, self.caches[1], reg_batch, gen)))
+        weights, batches = zip(*parts)
         # Instance and class images of one size go through the model as one batch (a quarter faster than
         # two passes on the CPU, and as kohya does); the loss is the same: mean + weight * mean.
-        if len({part.noisy.shape[1:] for _, part in parts}) == 1:
-            losses = self._losses(NoisedBatch.joined([part for _, part in parts]))
-            sizes = [len(part.timesteps) for _, part in parts]
-            return sum(w * l.mean() for (w, _), l in zip(parts, losses.split(sizes)))
-        return sum(w * self._losses(part).mean() for w, part in parts)
+        if len(batches) > 1 and len({b.noisy.shape[1:] for b in batches}) == 1:
+            losses = self._losses(NoisedBatch.joined(list(batches))).split([len(b.timesteps) for b in batches])
+        else:
+            losses = [self._losses(b) for b in batches]
+        return sum(w * l.mean() for w, l in zip(weights, losses))
 
     def _noised_batch(self, samples: list[Sample], cache: LatentCache, batch: list[int],
                       gen: torch.Generator) -> NoisedBatch:
