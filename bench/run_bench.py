@@ -406,7 +406,7 @@ def measure_flops(py: str, configs: list[Config]) -> dict | None:
            "--alpha", str(ALPHA), "--configs", *[f"{c.resolution}:{int(c.grad_ckpt)}" for c in configs]]
     print("counting FLOPs of one training step and timing a 4096x4096 fp32 GEMM ...", flush=True)
     proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True)
-    if proc.returncode != 0 and not aborted[0]:
+    if proc.returncode != 0:
         print(f"  !! flops.py failed:\n{proc.stderr[-2000:]}", flush=True)
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -112,7 +112,7 @@ def test_focal_crop_without_faces_follows_the_detailed_part(tmp_path):
 
     focal = preprocess_dataset(source, tmp_path / "focal",
                                PreprocessOptions(resolution=64, crop="focal", detect_faces=False))
-    centre = preprocess_dataset(source, tmp_path / "centre", PreprocessOptions(resolution=64, crop="center"))
+    preprocess_dataset(source, tmp_path / "centre", PreprocessOptions(resolution=64, crop="center"))
 
     assert focal.face_detector == "none"
     assert pixels(tmp_path / "focal" / "0001.png").std() > 30  # the textured subject
@@ -128,8 +128,8 @@ def test_a_face_detector_moves_the_crop_and_auto_falls_back_to_centre(tmp_path):
 
     focal = preprocess_dataset(source, tmp_path / "focal", PreprocessOptions(resolution=64, crop="focal"),
                                face_detector=face_right)
-    auto = preprocess_dataset(source, tmp_path / "auto", PreprocessOptions(resolution=64, crop="auto"),
-                              face_detector=no_face)
+    preprocess_dataset(source, tmp_path / "auto", PreprocessOptions(resolution=64, crop="auto"),
+                       face_detector=no_face)
 
     assert focal.face_detector == "custom"
     right = pixels(tmp_path / "focal" / "0001.png")

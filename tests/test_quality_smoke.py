@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 QUALITY = Path(__file__).resolve().parents[1] / "bench" / "quality"
 sys.path.insert(0, str(QUALITY))

@@ -22,12 +22,9 @@ from conftest import write_photos
 from lib_training.config import TrainConfig
 from lib_training.errors import SettingsError
 from lib_training.webui import compare_actions as actions
-from lib_training.webui.compare_actions import (
-    SOURCE_FILES,
-    CompareContext,
-    CompareRequest,
-    GenerationStopped,
-)
+from lib_training.webui import compare_form as form
+from lib_training.webui.compare_actions import CompareContext, GenerationStopped
+from lib_training.webui.compare_form import SOURCE_FILES, CompareRequest
 from lib_training.webui.train_actions import Folders
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +57,7 @@ def world(tmp_path):
 
 def request_for(world, **overrides) -> CompareRequest:
     """What choosing the run in the tab fills in, at 64 px with 8 steps."""
-    defaults = actions.run_defaults(RUN, world.folders)
+    defaults = form.run_defaults(RUN, world.folders)
     values = dict(run=RUN, prompts=defaults.prompts, class_prompt=defaults.class_prompt,
                   trigger_words=defaults.trigger_words, training_dir=defaults.training_dir,
                   width=defaults.size, height=defaults.size, steps=8)
@@ -128,19 +125,19 @@ def run(world, request, generator=None, **kw):
 
 # ---- tests ---------------------------------------------------------------------------------------
 def test_defaults_come_from_the_runs_trigger_word_and_class(world):
-    defaults = actions.run_defaults(RUN, world.folders)
+    defaults = form.run_defaults(RUN, world.folders)
     assert defaults.prompts == "a photo of sks cat"
     assert defaults.class_prompt == "a photo of a cat"
     assert defaults.trigger_words == "sks" and defaults.size == SIZE
     assert defaults.training_dir == str(world.dataset)
     assert defaults.files == [f"{RUN} epoch 1", f"{RUN} epoch 2", f"{RUN} (final)"]
     assert defaults.curve_runs == [RUN]
-    assert actions.run_names(world.folders) == [RUN]
+    assert form.run_names(world.folders) == [RUN]
     request = CompareRequest()
-    assert actions.parse_weights(request.weights) == (0.0, 0.25, 0.5, 0.75, 1.0)
-    assert actions.parse_seeds(request.seeds) == (1, 2)
-    assert actions.default_prompts("", "woman") == ("a photo of woman", "a photo of a woman")
-    assert actions.default_prompts("", "", "nosnja outfit, red") == ("nosnja outfit, red", "")
+    assert form.parse_weights(request.weights) == (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert form.parse_seeds(request.seeds) == (1, 2)
+    assert form.default_prompts("", "woman") == ("a photo of woman", "a photo of a woman")
+    assert form.default_prompts("", "", "nosnja outfit, red") == ("nosnja outfit, red", "")
 
 
 def test_spec_from_a_runs_files(world):
@@ -167,7 +164,7 @@ def test_bad_forms_are_refused_before_anything_is_generated(world):
     outside = world.tmp / "elsewhere.safetensors"
     shutil.copy(world.lora_dir / f"{RUN}.safetensors", outside)
     with pytest.raises(SettingsError, match="outside the WebUI's Lora folder"):
-        actions.chosen_files(["../elsewhere.safetensors"], world.folders)
+        form.chosen_files(["../elsewhere.safetensors"], world.folders)
     assert "⚠" in actions.plan_text(request_for(world, weights="x"), world.folders)
 
 
@@ -266,10 +263,10 @@ def test_files_from_the_lora_folder(world):
     (world.lora_dir / "sub").mkdir()
     shutil.copy(world.lora_dir / f"{RUN}.safetensors", world.lora_dir / "sub" / "other_v2.safetensors")
     (world.lora_dir / "sub" / "other_v2.json").write_text(json.dumps({"activation text": "zzk"}), encoding="utf-8")
-    choices = actions.lora_file_choices(world.lora_dir)
+    choices = form.lora_file_choices(world.lora_dir)
     assert choices == [f"{RUN}-000001.safetensors", f"{RUN}-000002.safetensors", f"{RUN}.safetensors",
                        "sub/other_v2.safetensors"]
-    defaults = actions.files_defaults([f"{RUN}-000002.safetensors", "sub/other_v2.safetensors"], world.folders)
+    defaults = form.files_defaults([f"{RUN}-000002.safetensors", "sub/other_v2.safetensors"], world.folders)
     assert defaults.trigger_words == "zzk"  # the card's activation text; my_run's files have no card
     assert defaults.training_dir == str(world.dataset)  # from the run my_run-000002 belongs to
     assert defaults.prompts == "a photo of zzk cat" and defaults.curve_runs == [RUN]
@@ -279,21 +276,21 @@ def test_files_from_the_lora_folder(world):
     assert [f.name for f in spec.files] == [f"{RUN}-000002", "other_v2"]
     with pytest.raises(SettingsError, match="both called"):
         shutil.copy(world.lora_dir / f"{RUN}.safetensors", world.lora_dir / "sub" / f"{RUN}.safetensors")
-        actions.chosen_files([f"{RUN}.safetensors", f"sub/{RUN}.safetensors"], world.folders)
+        form.chosen_files([f"{RUN}.safetensors", f"sub/{RUN}.safetensors"], world.folders)
 
 
 def test_request_from_an_api_body(world):
-    request = actions.CompareRequest.from_json({"run": RUN, "weights": [0, 1], "seeds": [5], "prompts": ["a", "b"]})
+    request = form.CompareRequest.from_json({"run": RUN, "weights": [0, 1], "seeds": [5], "prompts": ["a", "b"]})
     assert (request.weights, request.seeds, request.prompts) == ("0, 1", "5", "a\nb")
-    files = actions.CompareRequest.from_json({"files": "x.safetensors"})
+    files = form.CompareRequest.from_json({"files": "x.safetensors"})
     assert files.source == SOURCE_FILES and files.files == ("x.safetensors",)
     with pytest.raises(SettingsError, match="Unknown field"):
-        actions.CompareRequest.from_json({"run": RUN, "wieghts": [1]})
-    filled = actions.with_defaults(actions.CompareRequest.from_json({"run": RUN}), world.folders, given={"run"})
+        form.CompareRequest.from_json({"run": RUN, "wieghts": [1]})
+    filled = form.with_defaults(form.CompareRequest.from_json({"run": RUN}), world.folders, given={"run"})
     assert filled.prompts == "a photo of sks cat" and filled.class_prompt == "a photo of a cat"
     assert filled.training_dir == str(world.dataset) and filled.width == SIZE
     body = {"run": RUN, "prompts": ["sks cat, red"], "class_prompt": ""}
-    kept = actions.with_defaults(actions.CompareRequest.from_json(body), world.folders, given=body)
+    kept = form.with_defaults(form.CompareRequest.from_json(body), world.folders, given=body)
     assert kept.prompts == "sks cat, red" and kept.class_prompt == "" and kept.trigger_words == "sks"
 
 
@@ -473,8 +470,8 @@ def test_the_compare_tab_builds_and_generates_through_the_queue(monkeypatch, wor
     # choosing the run fills the prompts from its trigger word and class
     choose = [d for d in block.dependencies if by_elem["lora_studio_compare_run"]._id in d["targets"]][0]
     fn = block.fns[block.dependencies.index(choose)].fn
-    form = [by_elem[e].value for e in ("lora_studio_compare_source",)] + [RUN] + [None] * 15
-    filled = fn(RUN, *form)
+    values = [by_elem[e].value for e in ("lora_studio_compare_source",)] + [RUN] + [None] * 15
+    filled = fn(RUN, *values)
     assert filled[1] == "a photo of sks cat" and filled[2] == "a photo of a cat" and filled[5] == SIZE
 
 

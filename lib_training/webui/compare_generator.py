@@ -22,14 +22,15 @@ import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
 from ..compare.grid import CellRequest, format_weight
 from ..errors import CheckpointError, LoraStudioError
-from .compare_actions import CompareContext, CompareOutcome, CompareRequest, GenerationStopped, run_compare
+from .compare_actions import CompareContext, CompareOutcome, GenerationStopped, run_compare
+from .compare_form import CompareRequest
 from .train_actions import Folders
 
 OPTION_CLIP_MODEL = "lora_studio_clip_model"
@@ -339,7 +340,8 @@ def compare_job() -> Iterator[None]:
 
 def compare_from_api(body: dict) -> dict:
     from . import runtime
-    from .compare_actions import outcome_to_json, with_defaults
+    from .compare_actions import outcome_to_json
+    from .compare_form import with_defaults
 
     body = dict(body) if isinstance(body, dict) else body
     images = bool(body.pop("images", True)) if isinstance(body, dict) else True

@@ -1,7 +1,7 @@
 """The Compare sub-tab (gradio 3.41): inputs on the left, the answer on the right.
 
-No tensor work and no logic here: `compare_actions` does the work, `compare_generator` runs it in
-A1111. Generate goes through A1111's `wrap_gradio_gpu_call` (queue + job) with the
+No tensor work and no logic here: `compare_form` holds the form, `compare_actions` does the work,
+`compare_generator` runs it in A1111. Generate goes through A1111's `wrap_gradio_gpu_call` (queue + job) with the
 `lora_studio_compare_start` JavaScript (javascript/lora_studio_compare.js), which gives the task id
 and shows A1111's progress bar above the status line. Clicking a cell of the grid (or a row of the
 table) selects it; "Send to txt2img" puts its prompt, negative prompt, seed, steps, CFG and size into
@@ -13,8 +13,10 @@ from __future__ import annotations
 import gradio as gr
 
 from . import compare_actions as actions
-from .compare_actions import COLUMN_TYPES, COLUMNS, SOURCE_FILES, SOURCE_RUN, SOURCES
-from .compare_actions import request_from_form as request_from
+from . import compare_form
+from .compare_actions import COLUMN_TYPES, COLUMNS
+from .compare_form import SOURCE_FILES, SOURCE_RUN, SOURCES
+from .compare_form import request_from_form as request_from
 from .train_actions import Folders
 
 INTRO = ("Make a grid of your LoRA's epochs × weights × prompts × seeds with the loaded model, measure each "
@@ -54,7 +56,7 @@ def create_compare_tab(tab=None) -> None:
     from modules.ui_components import ToolButton
 
     folders = _folders()
-    runs = actions.run_names(folders)
+    runs = compare_form.run_names(folders)
 
     with gr.Row(elem_id="lora_studio_compare"):
         with gr.Column(scale=2, elem_id="lora_studio_compare_inputs"):
@@ -63,16 +65,17 @@ def create_compare_tab(tab=None) -> None:
                               elem_id="lora_studio_compare_source")
             with gr.Row():
                 run = gr.Dropdown(choices=runs, value=None, label="Run", elem_id="lora_studio_compare_run")
-                files = gr.Dropdown(choices=actions.lora_file_choices(folders.lora_dir), value=[], multiselect=True,
-                                    label="LoRA files", visible=False, elem_id="lora_studio_compare_files")
+                files = gr.Dropdown(choices=compare_form.lora_file_choices(folders.lora_dir), value=[],
+                                    multiselect=True, label="LoRA files", visible=False,
+                                    elem_id="lora_studio_compare_files")
                 refresh = ToolButton("\U0001f504", elem_id="lora_studio_compare_refresh",
                                      tooltip="List the runs and LoRA files again")
             files_info = gr.Markdown("Choose a run: all its epoch files and the final file are compared.",
                                      elem_id="lora_studio_compare_files_info")
             with gr.Row():
-                weights = gr.Textbox(actions.DEFAULT_WEIGHTS, label="Weights", elem_id="lora_studio_compare_weights",
-                                     info="0 = the base model without the LoRA")
-                seeds = gr.Textbox(actions.DEFAULT_SEEDS, label="Seeds", elem_id="lora_studio_compare_seeds",
+                weights = gr.Textbox(compare_form.DEFAULT_WEIGHTS, label="Weights",
+                                     elem_id="lora_studio_compare_weights", info="0 = the base model without the LoRA")
+                seeds = gr.Textbox(compare_form.DEFAULT_SEEDS, label="Seeds", elem_id="lora_studio_compare_seeds",
                                    info="two or more also measure diversity")
             prompts = gr.Textbox("", lines=3, label="Prompts (one per line)", elem_id="lora_studio_compare_prompts",
                                  placeholder="a photo of sks woman")
@@ -84,15 +87,15 @@ def create_compare_tab(tab=None) -> None:
             with gr.Accordion("Generation settings", open=False, elem_id="lora_studio_compare_settings"):
                 negative = gr.Textbox("", label="Negative prompt", elem_id="lora_studio_compare_negative")
                 with gr.Row():
-                    sampler = gr.Dropdown(choices=_generator().sampler_names(), value=actions.DEFAULT_SAMPLER,
+                    sampler = gr.Dropdown(choices=_generator().sampler_names(), value=compare_form.DEFAULT_SAMPLER,
                                           label="Sampler", elem_id="lora_studio_compare_sampler")
-                    steps = gr.Number(actions.DEFAULT_STEPS, precision=0, label="Steps",
+                    steps = gr.Number(compare_form.DEFAULT_STEPS, precision=0, label="Steps",
                                       elem_id="lora_studio_compare_steps")
-                    cfg = gr.Number(actions.DEFAULT_CFG, label="CFG scale", elem_id="lora_studio_compare_cfg")
+                    cfg = gr.Number(compare_form.DEFAULT_CFG, label="CFG scale", elem_id="lora_studio_compare_cfg")
                 with gr.Row():
-                    width = gr.Number(actions.DEFAULT_SIZE, precision=0, label="Width",
+                    width = gr.Number(compare_form.DEFAULT_SIZE, precision=0, label="Width",
                                       elem_id="lora_studio_compare_width")
-                    height = gr.Number(actions.DEFAULT_SIZE, precision=0, label="Height",
+                    height = gr.Number(compare_form.DEFAULT_SIZE, precision=0, label="Height",
                                        elem_id="lora_studio_compare_height")
             with gr.Accordion("Numbers and loss curves", open=False, elem_id="lora_studio_compare_numbers"):
                 metrics = gr.Checkbox(True, label="Measure and recommend", elem_id="lora_studio_compare_metrics")
@@ -100,7 +103,7 @@ def create_compare_tab(tab=None) -> None:
                                           elem_id="lora_studio_compare_training_dir",
                                           placeholder="the run's dataset folder")
                 embedder_info = gr.Markdown(_embedder_words(), elem_id="lora_studio_compare_embedder")
-                curve_runs = gr.Dropdown(choices=actions.curve_run_names(folders), value=[], multiselect=True,
+                curve_runs = gr.Dropdown(choices=compare_form.curve_run_names(folders), value=[], multiselect=True,
                                          label="Loss curves of runs", elem_id="lora_studio_compare_curve_runs")
             plan = gr.Markdown("", elem_id="lora_studio_compare_plan")
             with gr.Row():
@@ -147,7 +150,7 @@ def create_compare_tab(tab=None) -> None:
 
     source.change(fn=switch_source, inputs=[source], outputs=[run, files], show_progress=False)
 
-    def fill(defaults: actions.Defaults, form_values):
+    def fill(defaults: compare_form.Defaults, form_values):
         request = request_from(*form_values)
         request.prompts, request.class_prompt = defaults.prompts, defaults.class_prompt
         request.width = request.height = defaults.size
@@ -161,22 +164,23 @@ def create_compare_tab(tab=None) -> None:
         if not name:
             return [gr.update() for _ in filled]
         try:
-            return fill(actions.run_defaults(name, _folders()), form_values)
+            return fill(compare_form.run_defaults(name, _folders()), form_values)
         except Exception as error:  # a run folder that went away: say so in place
             return [f"⚠ {error}"] + [gr.update() for _ in filled[1:]]
 
     def choose_files(names, *form_values):
         if not names:
             return [gr.update() for _ in filled]
-        return fill(actions.files_defaults(names, _folders()), form_values)
+        return fill(compare_form.files_defaults(names, _folders()), form_values)
 
     run.change(fn=choose_run, inputs=[run] + form, outputs=filled, show_progress=False)
     files.change(fn=choose_files, inputs=[files] + form, outputs=filled, show_progress=False)
 
     def refresh_lists():
         f = _folders()
-        return (gr.update(choices=actions.run_names(f)), gr.update(choices=actions.lora_file_choices(f.lora_dir)),
-                gr.update(choices=actions.curve_run_names(f)), _embedder_words())
+        return (gr.update(choices=compare_form.run_names(f)),
+                gr.update(choices=compare_form.lora_file_choices(f.lora_dir)),
+                gr.update(choices=compare_form.curve_run_names(f)), _embedder_words())
 
     refresh.click(fn=refresh_lists, inputs=[], outputs=[run, files, curve_runs, embedder_info], show_progress=False)
     if tab is not None:  # a run trained a minute ago is in the list when the user comes here
