@@ -29,25 +29,27 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_lora_teaches_the_concept_and_class_images_keep_the_class(tmp_path):
+    import methods
     import teach
     from base_model import load_base
+    from metrics import EvalSizes
 
     model = load_base()  # draws the class images, on all cores: nothing else runs yet
-    sizes = teach.EvalSizes(per_seen_prompt=0, concept=24, leakage=24)
+    sizes = EvalSizes(per_seen_prompt=0, concept=24, leakage=24)
     lines = []
-    for name in ("lora_te", teach.DEFAULT_METHOD):  # without and with class images, else the same
-        default = teach.METHODS[name]
-        m = teach.method(name, steps=SMOKE_STEPS, unet_lr=default.unet_lr * SMOKE_LR_FACTOR,
-                         text_encoder_lr=default.text_encoder_lr * SMOKE_LR_FACTOR)
+    for name in ("lora_te", methods.DEFAULT_METHOD):  # without and with class images, else the same
+        default = methods.METHODS[name]
+        m = methods.method(name, steps=SMOKE_STEPS, unet_lr=default.unet_lr * SMOKE_LR_FACTOR,
+                           text_encoder_lr=default.text_encoder_lr * SMOKE_LR_FACTOR)
         dataset = teach.write_dataset(tmp_path / name, model, m.class_images, class_per_image=m.class_per_image)
         lines.append(teach.Line(m, dataset, tmp_path / f"out-{name}", 0, (m.steps,), sizes, None))
     results, base = teach.run_lines_and_base(lines, jobs=2, base_sizes=sizes)  # one torch thread per worker
     (plain,), (prior,) = [[s for _, s in line_results] for line_results in results]
 
     print(f"(fidelity, leakage): base ({base.fidelity:.2f}, {base.leakage:.2f}), lora_te ({plain.fidelity:.2f}, "
-          f"{plain.leakage:.2f}), {teach.DEFAULT_METHOD} ({prior.fidelity:.2f}, {prior.leakage:.2f})")
+          f"{plain.leakage:.2f}), {methods.DEFAULT_METHOD} ({prior.fidelity:.2f}, {prior.leakage:.2f})")
     assert base.fidelity <= 0.1 and base.leakage <= 0.1, base
-    # Measured (a1111 env): fidelity 0.29 / 0.38, leakage 0.58 / 0.08; the base draws no blue star in 24.
+    # Measured (a1111 env): fidelity 0.29 / 0.33–0.38, leakage 0.58 / 0.08; the base draws no blue star in 24.
     assert plain.fidelity >= base.fidelity + 0.15, plain
     assert prior.fidelity >= base.fidelity + 0.15, prior
     assert prior.leakage <= plain.leakage - 0.15, (plain, prior)

@@ -25,7 +25,9 @@ import torch  # noqa: E402
 
 from base_model import load_base  # noqa: E402
 from judge import load_judge  # noqa: E402
-from teach import METHODS, Datasets, EvalSizes, Line, Scores, method, run_lines, scaled_alphas, score  # noqa: E402
+from methods import METHODS, method, scaled_alphas  # noqa: E402
+from metrics import EvalSizes, Scores, score  # noqa: E402
+from teach import Datasets, Line, run_lines  # noqa: E402
 
 FIELDS = ("fidelity", "seen_accuracy", "leakage", "pixel_change", "train_seconds")
 

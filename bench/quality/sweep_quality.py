@@ -28,7 +28,9 @@ from base_model import load_base  # noqa: E402
 from judge import load_judge  # noqa: E402
 from plot import Point, fidelity_vs_drift  # noqa: E402
 from run_quality import add_setting_args, log, setting_overrides  # noqa: E402
-from teach import METHODS, Datasets, EvalSizes, Line, Method, method, run_lines, scaled_alphas, score  # noqa: E402
+from methods import METHODS, Method, method, scaled_alphas  # noqa: E402
+from metrics import EvalSizes, score  # noqa: E402
+from teach import Datasets, Line, run_lines  # noqa: E402
 
 
 def line_method(name: str, lr: float, te_lr_ratio: float | None, steps: int, fixed: dict, change: str) -> Method:
@@ -42,7 +44,7 @@ def line_method(name: str, lr: float, te_lr_ratio: float | None, steps: int, fix
         elif key in Method.__dataclass_fields__ and key != "name":
             extra[key] = type(getattr(base, key))(text)
         else:
-            raise SystemExit(f"--vary {change}: use FIELD=VALUE with a field of teach.Method or te_lr_ratio")
+            raise SystemExit(f"--vary {change}: use FIELD=VALUE with a field of methods.Method or te_lr_ratio")
     ratio = te_lr_ratio if te_lr_ratio is not None else base.text_encoder_lr / base.unet_lr
     return method(name, unet_lr=lr, text_encoder_lr=lr * ratio, steps=steps, scheduler="constant",
                   **{**scaled_alphas(base, extra), **extra})

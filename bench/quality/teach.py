@@ -4,7 +4,8 @@ The dataset is a kohya project folder as the Dataset tab makes it (`img/1_sks sh
 32x32 world upscaled 2x nearest, which the adapter's 2x box "VAE" turns back into the exact world pixels;
 class images in `reg/1_shape/`, made by the Dataset tab's own class-image code with the base model as the
 generator), so the run takes the same code path as the CLI and the WebUI: folder scan, latent cache,
-LoRA attach, optimizer, prior-preservation loss, saving.
+LoRA attach, optimizer, prior-preservation loss, saving. The methods are in `methods.py`, the scores in
+`metrics.py`; runs go to worker processes (`run_lines`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
 
@@ -23,97 +24,17 @@ from PIL import Image
 
 import world
 from base_model import CFG, QualityAdapter, load_base, sample
-from judge import Judge, load_judge
+from judge import load_judge
 from lib_training.config import TrainConfig
 from lib_training.data.importer import REG_DIRNAME, TRAIN_DIRNAME
 from lib_training.lora.io import load_lora
-from lib_training.lora.network import LoraNetwork, NetworkShape
 from lib_training.train.loop import train
 from lib_training.webui.class_images import ClassImageSettings, GenerationRequest, generate_class_images
-from lib_training.webui.presets import PRESET_BATCH, PRESET_EPOCHS, TARGET_SAMPLES_PER_EPOCH, find_preset
-from metrics import SeenAccuracy, fraction, seen_accuracy
+from methods import Method
+from metrics import (CLASS_WORD, CONCEPT_COLOUR, CONCEPT_PROMPT, CONCEPT_SHAPE, TRIGGER, EvalSizes, Scores,
+                     lora_network, score, score_network, score_parts)
 
-CONCEPT_SHAPE, CONCEPT_COLOUR = "star", "blue"
-TRIGGER, CLASS_WORD = "sks", "shape"
-CONCEPT_PROMPT = f"a {TRIGGER} {CLASS_WORD}"
-CLASS_PROMPT = f"a {CLASS_WORD}"
 CONCEPT_IMAGES = 8
-CLASS_SOURCES = ("", "prompt", "captions")  # no class images / from the class prompt / from each caption
-
-
-@dataclass(frozen=True)
-class Method:
-    """How one method trains: which parts, learning rates, class images (prior preservation)."""
-
-    name: str
-    train_text_encoder: bool
-    class_images: str = ""  # one of CLASS_SOURCES
-    unet_lr: float = 1e-3
-    text_encoder_lr: float = 1e-3
-    rank: int = 8
-    alpha: float = 8.0
-    conv_rank: int = 0  # > 0: also the ResnetBlock2D 3x3 convs (LoCon); the UNet attention is only at 8x8
-    conv_alpha: float = 8.0
-    steps: int = 300
-    batch_size: int = 4
-    prior_loss_weight: float = 1.0
-    min_snr_gamma: float = 0.0
-    scheduler: str = "constant"
-    restarts: int = 1
-    warmup_steps: int = 0
-    class_per_image: int = 4  # class images per training image
-
-    @property
-    def prior(self) -> bool:
-        return bool(self.class_images)
-
-
-# The presets' values carry over as they are (text encoder on/off and its lr relative to the UNet's,
-# alpha/rank, min-SNR, prior-loss weight, scheduler); what is the toy world's own (its UNet is ~700x
-# smaller than SD 1.5's and works in pixel space) is below, found with sweep_quality.py (README).
-BENCH_PRESET = "object"
-LR_FACTOR = 8.0  # toy learning rate = the preset's x this
-STEPS = 400
-RANK = 8
-CONV_RANK = 8  # the toy UNet attends only at 8x8: its shapes are drawn by the 3x3 convs
-PRESET_STEPS = sum(TARGET_SAMPLES_PER_EPOCH) // 2 // PRESET_BATCH * PRESET_EPOCHS  # what a preset run takes
-
-
-def preset_method(name: str, train_text_encoder: bool, class_images: str, preset: str = BENCH_PRESET) -> Method:
-    """A method with the Train tab preset's choices, on the toy world's scale."""
-    v = find_preset(preset).values
-    alpha_ratio = v["network.alpha"] / v["network.rank"]
-    return Method(name, train_text_encoder, class_images, unet_lr=v["optimizer.unet_lr"] * LR_FACTOR,
-                  text_encoder_lr=v["optimizer.text_encoder_lr"] * LR_FACTOR, rank=RANK, alpha=RANK * alpha_ratio,
-                  conv_rank=CONV_RANK, conv_alpha=CONV_RANK * alpha_ratio, steps=STEPS,
-                  prior_loss_weight=v["data.prior_loss_weight"], min_snr_gamma=v["train.min_snr_gamma"],
-                  scheduler=v["optimizer.scheduler"], restarts=v["optimizer.restarts"],
-                  warmup_steps=round(STEPS * v["optimizer.warmup_steps"] / PRESET_STEPS))
-
-
-# The ablation: the preset as a plain LoRA (UNet only, then + text encoder), then as DreamBooth-LoRA with
-# class images drawn from the class prompt or from each training caption (the default).
-METHODS: dict[str, Method] = {
-    "lora": preset_method("lora", train_text_encoder=False, class_images=""),
-    "lora_te": preset_method("lora_te", train_text_encoder=True, class_images=""),
-    "dreambooth_lora_prompt": preset_method("dreambooth_lora_prompt", train_text_encoder=True, class_images="prompt"),
-    "dreambooth_lora": preset_method("dreambooth_lora", train_text_encoder=True, class_images="captions"),
-}
-DEFAULT_METHOD = "dreambooth_lora"
-
-
-def method(name: str, **overrides) -> Method:
-    return replace(METHODS[name], **overrides)
-
-
-def scaled_alphas(m: Method, fixed: dict) -> dict:
-    """Alphas for a changed rank that keep the method's alpha/rank (the preset's)."""
-    out = {}
-    if "rank" in fixed:
-        out["alpha"] = fixed["rank"] * m.alpha / m.rank
-    if "conv_rank" in fixed:
-        out["conv_alpha"] = fixed["conv_rank"] * (m.conv_alpha / m.conv_rank if m.conv_rank else m.alpha / m.rank)
-    return out
 
 
 def _png(pixels: np.ndarray) -> Image.Image:
@@ -195,39 +116,6 @@ def engine_config(m: Method, dataset: Path, out: Path, seed: int, save_every_ste
     c.output.overwrite, c.output.runs_dir = True, str(out / "runs")
     return c
 
-
-@dataclass
-class Scores:
-    fidelity: float  # 'a sks shape' read as a blue star
-    seen_accuracy: float  # 'a <colour> <seen shape>' right in shape and colour
-    leakage: float  # 'a shape' read as a star
-    pixel_change: float  # mean |diff| of same-seed seen-prompt images vs the base, in [0, 1] units
-    train_seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
-
-
-@dataclass
-class EvalSizes:
-    per_seen_prompt: int = 4  # 0: no seen-prompt samples (accuracy and pixel change read 0)
-    concept: int = 32
-    leakage: int = 32
-    steps: int = 20
-
-
-def score(model: QualityAdapter, judge: Judge, sizes: EvalSizes, base_seen: torch.Tensor | None,
-          seed: int = 1) -> tuple[Scores, torch.Tensor | None]:
-    if sizes.per_seen_prompt:
-        acc, seen_images = seen_accuracy(model, judge, sizes.per_seen_prompt, seed, sizes.steps)
-    else:
-        acc, seen_images = SeenAccuracy(0.0, 0.0, 0.0, 0), None
-    fid, _ = fraction(model, judge, CONCEPT_PROMPT, sizes.concept, seed + 1, CONCEPT_SHAPE, CONCEPT_COLOUR,
-                      sizes.steps)
-    leak, _ = fraction(model, judge, CLASS_PROMPT, sizes.leakage, seed + 2, CONCEPT_SHAPE, None, sizes.steps)
-    change = float((seen_images - base_seen).abs().mean() / 2) if seen_images is not None and base_seen is not None \
-        else 0.0
-    return Scores(fid, acc.both, leak, change), seen_images
-
-
 def train_lora(model: QualityAdapter, m: Method, dataset: Path, out: Path, seed: int,
                save_every_steps: int = 0) -> tuple[list[Path], float]:
     """Trains through the engine; returns the files (every `save_every_steps`, then the final one) and seconds."""
@@ -235,47 +123,6 @@ def train_lora(model: QualityAdapter, m: Method, dataset: Path, out: Path, seed:
     result = train(engine_config(m, dataset, out, seed, save_every_steps), model)
     return result.files, time.monotonic() - started
 
-
-def lora_network(model: QualityAdapter, tensors: dict[str, torch.Tensor], m: Method, source: str) -> LoraNetwork:
-    """A network holding the kohya `tensors` (read from `source`); sample with it through `score_network`."""
-    network = LoraNetwork.for_model(model, NetworkShape(m.rank, m.alpha, m.conv_rank, m.conv_alpha, m.train_text_encoder))
-    network.load_kohya_state_dict(tensors, source=source)
-    return network.eval()
-
-
-def score_network(model: QualityAdapter, judge: Judge, network: LoraNetwork, sizes: EvalSizes,
-                  base_seen: torch.Tensor | None) -> Scores:
-    with network.merged():  # sampling: merged weights are a third faster than hooks
-        scores, _ = score(model, judge, sizes, base_seen)
-    return scores
-
-
-# The parts of a kohya file, by key: the ablation scores a file with one of them switched off
-# (its lora_up zeroed) to tell which part teaches the concept and which one makes the model drift.
-PARTS = {
-    "text encoder": lambda key: key.startswith("lora_te"),
-    "UNet attention": lambda key: key.startswith("lora_unet_") and "_attentions_" in key,
-    "UNet convs": lambda key: key.startswith("lora_unet_") and "_attentions_" not in key,
-}
-
-
-def without_part(tensors: dict[str, torch.Tensor], part: str) -> dict[str, torch.Tensor]:
-    """The LoRA `tensors` with `part` (a PARTS key) switched off."""
-    chosen = PARTS[part]
-    return {k: torch.zeros_like(v) if chosen(k) and k.endswith("lora_up.weight") else v for k, v in tensors.items()}
-
-
-def score_parts(model: QualityAdapter, judge: Judge, network: LoraNetwork, tensors: dict[str, torch.Tensor],
-                sizes: EvalSizes, base_seen: torch.Tensor | None) -> dict[str, dict]:
-    """Scores of the file (`tensors`, loaded in `network`) with each part it has switched off in turn:
-    {"without <part>": scores}. Leaves `network` holding the last of them."""
-    out = {}
-    for part, chosen in PARTS.items():
-        if any(chosen(k) for k in tensors):
-            network.load_kohya_state_dict(without_part(tensors, part))
-            s = score_network(model, judge, network, sizes, base_seen)
-            out[f"without {part}"] = {"fidelity": s.fidelity, "seen_accuracy": s.seen_accuracy, "leakage": s.leakage}
-    return out
 
 
 @dataclass(frozen=True)
