@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from conftest import small_config, write_photos  # noqa: E402
 from lib_training.train import events as ev  # noqa: E402
 from lib_training.webui import api  # noqa: E402
-from lib_training.webui.service import RunStatus, TrainingService  # noqa: E402
+from lib_training.webui.backend.service import RunStatus, TrainingService  # noqa: E402
 
 
 class BlockingRunner:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from lib_training.errors import CheckpointError, SettingsError
-from lib_training.webui import bridge
+from lib_training.webui.backend import bridge
 
 
 def fake_sd_model(dtype=torch.float32) -> SimpleNamespace:

@@ -21,11 +21,11 @@ from PIL import Image
 from conftest import write_photos
 from lib_training.config import TrainConfig
 from lib_training.errors import SettingsError
-from lib_training.webui import compare_actions as actions
-from lib_training.webui import compare_form as form
-from lib_training.webui.compare_actions import CompareContext, GenerationStopped
-from lib_training.webui.compare_form import SOURCE_FILES, CompareRequest
-from lib_training.webui.train_actions import Folders
+from lib_training.webui.compare import actions
+from lib_training.webui.compare import form
+from lib_training.webui.compare.actions import CompareContext, GenerationStopped
+from lib_training.webui.compare.form import SOURCE_FILES, CompareRequest
+from lib_training.webui.train.actions import Folders
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "my_run"
@@ -315,7 +315,7 @@ def test_compare_route_follows_auth_and_reports_errors(tmp_path):
     from fastapi.testclient import TestClient
 
     from lib_training.webui import api
-    from lib_training.webui.service import TrainingService
+    from lib_training.webui.backend.service import TrainingService
 
     calls = []
 
@@ -372,7 +372,7 @@ def fake_processing(monkeypatch):
 
 def test_a1111_generator_pins_the_checkpoint_and_stops_on_interrupt(world, fake_processing, tmp_path):
     from lib_training.compare import run_grid
-    from lib_training.webui.compare_generator import A1111Generator, WebUIStop
+    from lib_training.webui.compare.generator import A1111Generator, WebUIStop
 
     generator = A1111Generator("random-sd15.safetensors [1617035976]")
     request = request_for(world, weights="0, 1", seeds="1", prompts="a photo of sks cat", class_prompt="")
@@ -397,7 +397,7 @@ def test_a1111_generator_pins_the_checkpoint_and_stops_on_interrupt(world, fake_
 
 
 def test_stop_interrupts_a_comparison_only(fake_processing):
-    from lib_training.webui import compare_generator
+    from lib_training.webui.compare import generator as compare_generator
 
     fake_processing.state.interrupt = lambda: setattr(fake_processing.state, "interrupted", True)
     assert compare_generator.interrupt() == "No comparison is running."  # e.g. a training run: left alone
@@ -412,7 +412,7 @@ def test_stop_interrupts_a_comparison_only(fake_processing):
 
 # ---- the JavaScript and the layout ---------------------------------------------------------------
 JS = (ROOT / "javascript" / "lora_studio_compare.js").read_text(encoding="utf-8")
-UI = (ROOT / "lib_training" / "webui" / "ui_compare.py").read_text(encoding="utf-8")
+UI = (ROOT / "lib_training" / "webui" / "compare" / "ui.py").read_text(encoding="utf-8")
 
 
 def test_the_scripts_callbacks_and_elements_exist():
@@ -449,7 +449,8 @@ def test_the_compare_tab_builds_and_generates_through_the_queue(monkeypatch, wor
                          ("modules.ui_components", ui_components), ("modules.shared", shared)):
         monkeypatch.setitem(sys.modules, name, module)
     modules.call_queue, modules.ui_components, modules.shared = call_queue, ui_components, shared
-    from lib_training.webui import runtime, ui_compare
+    from lib_training.webui.backend import runtime
+    from lib_training.webui.compare import ui as ui_compare
 
     monkeypatch.setattr(runtime, "lora_dir", lambda: world.lora_dir)
     monkeypatch.setattr(runtime, "runs_dir", lambda: world.folders.runs_dir)

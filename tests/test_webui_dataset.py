@@ -15,10 +15,10 @@ from PIL import Image
 from conftest import write_photos
 from lib_training.data.health import approximate_token_count
 from lib_training.errors import SettingsError
-from lib_training.webui import class_images as ci
-from lib_training.webui import dataset_actions as actions
-from lib_training.webui.form import METHOD_DREAMBOOTH, METHOD_LORA
-from lib_training.webui.interrogators import (BLIP, DEEPDANBOORU, A1111BlipCaptioner, A1111DeepDanbooruCaptioner,
+from lib_training.webui.dataset import class_images as ci
+from lib_training.webui.dataset import actions, names
+from lib_training.webui.train.form import METHOD_DREAMBOOTH, METHOD_LORA
+from lib_training.webui.dataset.interrogators import (BLIP, DEEPDANBOORU, A1111BlipCaptioner, A1111DeepDanbooruCaptioner,
                                               a1111_captioner)
 from lib_training.webui.job_progress import JobStopped, StateProgress
 
@@ -56,7 +56,7 @@ def state() -> SimpleNamespace:
 def test_create_from_a_folder_gives_a_kohya_project_the_tab_can_open(datasets, photos, cat_set):
     subset = cat_set / "img" / "5_sks cat"
     assert sorted(p.name for p in subset.iterdir()) == ["astronaut.png", "chelsea.png", "chelsea.txt"]
-    assert actions.list_datasets(datasets) == ["cats"]
+    assert names.list_datasets(datasets) == ["cats"]
     info = actions.open_dataset(datasets, "cats")
     assert (info.trigger, info.class_word, info.num_images, info.error) == ("sks", "cat", 2, "")
     assert info.train_dir == cat_set / "img" and info.reg_dir is None
@@ -535,7 +535,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_every_dataset_js_callback_is_defined():
     import re
 
-    source = (ROOT / "lib_training" / "webui" / "ui_dataset.py").read_text(encoding="utf-8")
+    source = (ROOT / "lib_training" / "webui" / "dataset" / "ui.py").read_text(encoding="utf-8")
     script = (ROOT / "javascript" / "lora_studio.js").read_text(encoding="utf-8")
     names = set(re.findall(r'_js="(\w+)"', source))
     assert names == {"lora_studio_dataset_preprocess", "lora_studio_dataset_caption",

@@ -13,12 +13,12 @@ from conftest import small_config, write_photos
 from lib_training.config import TrainConfig
 from lib_training.errors import DatasetError, SettingsError
 from lib_training.train.plan import make_plan
-from lib_training.webui import form, train_actions
-from lib_training.webui.dataset_summary import list_dataset_folders, summarize_dataset
-from lib_training.webui.estimate import DeviceInfo, estimate, memory_gb, seconds_per_step
-from lib_training.webui.presets import PRESETS, TARGET_SAMPLES_PER_EPOCH, find_preset, suggested_repeats
-from lib_training.webui.runs import list_runs, read_run, runs_table_html
-from lib_training.webui.service import CANCELLED, FAILED, FINISHED, RunStatus
+from lib_training.webui.train import form, actions as train_actions
+from lib_training.webui.train.dataset_summary import list_dataset_folders, summarize_dataset
+from lib_training.webui.train.estimate import DeviceInfo, estimate, memory_gb, seconds_per_step
+from lib_training.webui.train.presets import PRESETS, TARGET_SAMPLES_PER_EPOCH, find_preset, suggested_repeats
+from lib_training.webui.train.runs import list_runs, read_run, runs_table_html
+from lib_training.webui.backend.service import CANCELLED, FAILED, FINISHED, RunStatus
 
 if sys.version_info >= (3, 11):
     import tomllib

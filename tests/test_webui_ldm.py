@@ -24,7 +24,7 @@ from lib_training.models.adapter import EPSILON, V_PREDICTION, ModelInfo  # noqa
 from lib_training.models.diffusers_backend import DiffusersAdapter  # noqa: E402
 from lib_training.models.clip_tokenizer import load_clip_tokenizer  # noqa: E402
 from lib_training.train.loop import train  # noqa: E402
-from lib_training.webui.ldm_adapter import LdmAdapter, ldm_family, prediction_type  # noqa: E402
+from lib_training.webui.backend.ldm_adapter import LdmAdapter, ldm_family, prediction_type  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +201,7 @@ def test_dreambooth_on_ldm_passes_instance_and_class_images_as_one_batch(sd1_ldm
 
 
 def test_sd2_ldm_trains_unet_only_with_v_prediction(ldm_folder, photo_dataset, tmp_path):
-    from lib_training.webui.bridge import fit_to_model
+    from lib_training.webui.backend.bridge import fit_to_model
 
     sd2 = build_tiny_ldm(ldm_folder, "sd2", seed=0)
     sd2.cond_stage_model = OpenClipLike(sd2.cond_stage_model)  # SD2's text encoder is not HF CLIP

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from conftest import small_config, write_photos
-from lib_training.webui import outputs
+from lib_training.webui.backend import outputs
 
 A1111_USER_METADATA_KEYS = {"description", "sd version", "activation text", "preferred weight", "negative text",
                             "notes"}  # what Lora's "Edit metadata" dialog writes (ui_edit_user_metadata.py)

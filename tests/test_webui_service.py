@@ -15,7 +15,7 @@ import pytest
 from conftest import small_config
 from lib_training.errors import TrainingCancelled, TrainingError
 from lib_training.train import events as ev
-from lib_training.webui.service import CANCELLED, FAILED, FINISHED, IDLE, RUNNING, AlreadyRunning, TrainingService
+from lib_training.webui.backend.service import CANCELLED, FAILED, FINISHED, IDLE, RUNNING, AlreadyRunning, TrainingService
 
 TIMEOUT = 10
 

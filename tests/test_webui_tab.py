@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 JS = (ROOT / "javascript" / "lora_studio.js").read_text(encoding="utf-8")
 UI_SOURCES = "".join((ROOT / "lib_training" / "webui" / name).read_text(encoding="utf-8")
-                     for name in ("ui_train.py", "ui_tab.py"))
+                     for name in ("train/ui.py", "ui_tab.py"))
 
 
 def test_every_js_callback_the_tab_names_is_defined():
@@ -86,7 +86,7 @@ def fake_a1111(monkeypatch, tmp_path):
         monkeypatch.setitem(sys.modules, name, module)
     modules.call_queue, modules.ui_components, modules.shared = call_queue, ui_components, shared
 
-    from lib_training.webui import runtime
+    from lib_training.webui.backend import runtime
 
     (tmp_path / "datasets" / "cats").mkdir(parents=True)
     monkeypatch.setattr(runtime, "lora_dir", lambda: tmp_path / "Lora")
@@ -97,7 +97,8 @@ def fake_a1111(monkeypatch, tmp_path):
 
 def test_the_tab_builds_and_wires_start_through_the_queue(fake_a1111):
     gr, wrapped = fake_a1111
-    from lib_training.webui import form, ui_tab
+    from lib_training.webui.train import form
+    from lib_training.webui import ui_tab
 
     [(block, title, elem_id)] = ui_tab.on_ui_tabs()
     assert (title, elem_id) == ("LoRA Studio", "lora_studio")

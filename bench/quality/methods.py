@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from lib_training.webui.presets import PRESET_BATCH, PRESET_EPOCHS, TARGET_SAMPLES_PER_EPOCH, find_preset
+from lib_training.webui.train.presets import PRESET_BATCH, PRESET_EPOCHS, TARGET_SAMPLES_PER_EPOCH, find_preset
 
 CLASS_SOURCES = ("", "prompt", "captions")  # no class images / from the class prompt / from each caption
 

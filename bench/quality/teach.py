@@ -29,7 +29,7 @@ from lib_training.config import TrainConfig
 from lib_training.data.importer import REG_DIRNAME, TRAIN_DIRNAME
 from lib_training.lora.io import load_lora
 from lib_training.train.loop import train
-from lib_training.webui.class_images import ClassImageSettings, GenerationRequest, generate_class_images
+from lib_training.webui.dataset.class_images import ClassImageSettings, GenerationRequest, generate_class_images
 from methods import Method
 from metrics import (CLASS_WORD, CONCEPT_COLOUR, CONCEPT_PROMPT, CONCEPT_SHAPE, TRIGGER, EvalSizes, Scores,
                      lora_network, score, score_network, score_parts)

@@ -40,9 +40,9 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from ..config import TrainConfig
 from ..errors import LoraStudioError
-from . import form
-from .runs import list_runs
-from .service import AlreadyRunning, RunStatus, TrainingService
+from .train import form
+from .train.runs import list_runs
+from .backend.service import AlreadyRunning, RunStatus, TrainingService
 
 V1_PREFIX = "/lora-studio/v1"
 INTERNAL_PREFIX = "/internal/lora-studio"
@@ -59,7 +59,7 @@ class Backend:
     runs_dir: Callable[[], Path]
     # How A1111's own Lora loader reads a file: {"file_modules": n, "matched_modules": m, ...}
     loader_report: Optional[Callable[[str], dict]] = None
-    # A comparison (compare_generator.compare_from_api): request body -> result JSON; waits for the queue
+    # A comparison (compare/generator.py: compare_from_api): request body -> result JSON; waits for the queue
     compare: Optional[Callable[[dict], dict]] = None
     # Class images for a dataset (class_images.class_images_from_api): body -> result JSON; waits for the queue
     class_images: Optional[Callable[[dict], dict]] = None
@@ -191,11 +191,11 @@ def on_app_started(demo, app: FastAPI) -> None:
     """script_callbacks.on_app_started: wire the routes to the running WebUI."""
     from modules import shared
 
-    from . import runtime
+    from .backend import runtime
 
-    from .bridge import a1111_loader_report
-    from .class_images import class_images_from_api
-    from .compare_generator import compare_from_api
+    from .backend.bridge import a1111_loader_report
+    from .dataset.class_images import class_images_from_api
+    from .compare.generator import compare_from_api
 
     backend = Backend(service=runtime.get_service, start=runtime.start_from_api, lora_dir=runtime.lora_dir,
                       runs_dir=runtime.runs_dir, loader_report=a1111_loader_report, compare=compare_from_api,

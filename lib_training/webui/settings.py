@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .presets import DEFAULT_PRESET, PRESETS, find_preset
+from .train.presets import DEFAULT_PRESET, PRESETS, find_preset
 
 SECTION = ("lora_studio", "LoRA Studio")
 OPTION_DEFAULT_PRESET = "lora_studio_default_preset"
@@ -12,8 +12,8 @@ def on_ui_settings() -> None:
     import gradio as gr
     from modules import shared
 
-    from .compare_generator import OPTION_CLIP_MODEL, OPTION_COMPARE_DIR
-    from .runtime import OPTION_DATASETS_DIR, OPTION_RUNS_DIR, OPTION_SAMPLE_STEPS
+    from .compare.generator import OPTION_CLIP_MODEL, OPTION_COMPARE_DIR
+    from .backend.runtime import OPTION_DATASETS_DIR, OPTION_RUNS_DIR, OPTION_SAMPLE_STEPS
 
     options = {
         OPTION_DATASETS_DIR: shared.OptionInfo(

@@ -7,9 +7,9 @@ def on_ui_tabs():
     import gradio as gr
 
     from .settings import default_preset_label
-    from .ui_compare import create_compare_tab
-    from .ui_dataset import connect_use_in_train, create_dataset_tab
-    from .ui_train import create_train_tab
+    from .compare.ui import create_compare_tab
+    from .dataset.ui import connect_use_in_train, create_dataset_tab
+    from .train.ui import create_train_tab
 
     with gr.Blocks(analytics_enabled=False) as block:
         with gr.Column(elem_id="lora_studio"):

@@ -2,11 +2,11 @@
 
 The flow of one comparison:
 
-    request (`compare_form`) --build_spec--> GridSpec --run_grid(generator)--> images (cached)
+    request (`form.py`) --build_spec--> GridSpec --run_grid(generator)--> images (cached)
         --draw/save--> grid PNG    --compute_metrics(embedder)--> table + recommendation
         --read_loss_log--> loss chart
 
-`ui_compare.py` wires this to components, `compare_generator.py` supplies A1111's generator and
+`ui.py` wires this to components, `generator.py` supplies A1111's generator and
 embedder; tests pass fakes. A stopped or failed generation still returns the cells made so far
 (they are cached: pressing Generate again continues where it stopped).
 """
@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 from PIL import Image
 
-from ..compare import (
+from ...compare import (
     METRIC_EXPLANATIONS,
     Bounds,
     Embedder,
@@ -46,13 +46,13 @@ from ..compare import (
     run_grid,
     save_grid,
 )
-from ..compare.cache import cached_image_path, lora_hashes
-from ..compare.grid import LoraHashes, baseline_requests, plan_cells
-from ..compare.run import GridProgress
-from ..data.folders import IMAGE_EXTENSIONS, scan_dataset
-from ..errors import DatasetError, LoraStudioError, SettingsError
-from ..fileio import validate_output_name
-from .compare_form import (
+from ...compare.cache import cached_image_path, lora_hashes
+from ...compare.grid import LoraHashes, baseline_requests, plan_cells
+from ...compare.run import GridProgress
+from ...data.folders import IMAGE_EXTENSIONS, scan_dataset
+from ...errors import DatasetError, LoraStudioError, SettingsError
+from ...fileio import validate_output_name
+from .form import (
     DEFAULT_SAMPLER,
     SOURCE_FILES,
     SOURCE_RUN,
@@ -64,8 +64,8 @@ from .compare_form import (
     parse_seeds,
     parse_weights,
 )
-from .runs import list_runs
-from .train_actions import Folders
+from ..train.runs import list_runs
+from ..train.actions import Folders
 
 MAX_IMAGES = 2000  # a grid larger than this is refused (hours of generation); split it instead
 MAX_TRAINING_IMAGES = 64  # fidelity compares with at most this many training images (evenly picked)
@@ -307,7 +307,7 @@ def _draw(outcome: CompareOutcome, context: CompareContext) -> None:
 def display_cell_size(spec: GridSpec) -> tuple[int, int]:
     """Cells of the grid shown in the tab: the cells fill about DISPLAY_CELLS (width, height) in all,
     each 96-384 px wide and at most 4x the generated size (the saved PNG keeps the full size)."""
-    from ..compare.layout import drawn_axes
+    from ...compare.layout import drawn_axes
 
     rows, columns = drawn_axes(spec)
     values = spec.axis_values()
@@ -443,7 +443,7 @@ def metrics_table(report: MetricsReport, recommendation: Optional[Recommendation
 
 
 def _violations(group, bounds: Bounds) -> list[str]:
-    from ..compare.recommend import _violations as engine_violations
+    from ...compare.recommend import _violations as engine_violations
 
     return engine_violations(group, bounds)
 

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager, Optional
 
-from ..config import TrainConfig
-from ..errors import LoraStudioError, TrainingCancelled
-from ..train import events as ev
+from ...config import TrainConfig
+from ...errors import LoraStudioError, TrainingCancelled
+from ...train import events as ev
 
 Runner = Callable[..., object]  # (config, on_event, cancel, resume) -> TrainResult
 

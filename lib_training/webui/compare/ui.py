@@ -1,7 +1,7 @@
 """The Compare sub-tab (gradio 3.41): inputs on the left, the answer on the right.
 
-No tensor work and no logic here: `compare_form` holds the form, `compare_actions` does the work,
-`compare_generator` runs it in A1111. Generate goes through A1111's `wrap_gradio_gpu_call` (queue + job) with the
+No tensor work and no logic here: `form.py` holds the form, `actions.py` does the work,
+`generator.py` runs it in A1111. Generate goes through A1111's `wrap_gradio_gpu_call` (queue + job) with the
 `lora_studio_compare_start` JavaScript (javascript/lora_studio_compare.js), which gives the task id
 and shows A1111's progress bar above the status line. Clicking a cell of the grid (or a row of the
 table) selects it; "Send to txt2img" puts its prompt, negative prompt, seed, steps, CFG and size into
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import compare_actions as actions
-from . import compare_form
-from .compare_actions import COLUMN_TYPES, COLUMNS
-from .compare_form import SOURCE_FILES, SOURCE_RUN, SOURCES
-from .compare_form import request_from_form as request_from
-from .train_actions import Folders
+from . import actions
+from . import form as compare_form
+from .actions import COLUMN_TYPES, COLUMNS
+from .form import SOURCE_FILES, SOURCE_RUN, SOURCES
+from .form import request_from_form as request_from
+from ..train.actions import Folders
 
 INTRO = ("Make a grid of your LoRA's epochs × weights × prompts × seeds with the loaded model, measure each "
          "choice, and get the best epoch and weight with the reason. Weight 0 is the base model.")
@@ -28,13 +28,13 @@ WAITING = ("Choose a run (or files), then press **Generate comparison**: the bes
 
 
 def _generator():
-    from . import compare_generator
+    from . import generator as compare_generator
 
     return compare_generator
 
 
 def _folders() -> Folders:
-    from . import runtime
+    from ..backend import runtime
 
     return Folders(runtime.lora_dir(), runtime.runs_dir())
 
@@ -198,7 +198,7 @@ def create_compare_tab(tab=None) -> None:
     outputs = [answer, grid, table, recommendation, curves, grid_file] + send_boxes + [state, status]
 
     def run_comparison(id_task, *form_values):
-        from ..errors import LoraStudioError
+        from ...errors import LoraStudioError
 
         request = request_from(*form_values)
         try:

@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 from PIL import Image
 
-from ..errors import CheckpointError
+from ...errors import CheckpointError
 
 BLIP = "BLIP (A1111's interrogator)"
 DEEPDANBOORU = "DeepDanbooru tags (A1111)"

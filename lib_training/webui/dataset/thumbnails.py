@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
-from ..fileio import atomic_write_bytes
+from ...fileio import atomic_write_bytes
 
 THUMBNAIL_SIDE = 256
 _CACHE_NAME = "lora_studio_thumbnails"
@@ -52,7 +52,7 @@ def _thumbnail_bytes(path: Path, side: int) -> bytes:
 
 
 def _small_image(path: Path, side: int) -> Image.Image | None:
-    from ..data import images as _images
+    from ...data import images as _images
 
     try:
         with warnings.catch_warnings():

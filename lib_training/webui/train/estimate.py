@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..config import TrainConfig
-from ..data.buckets import assign_bucket, make_buckets
-from ..data.folders import scan_dataset
-from ..errors import DatasetError, SettingsError
-from ..train.plan import count_steps
+from ...config import TrainConfig
+from ...data.buckets import assign_bucket, make_buckets
+from ...data.folders import scan_dataset
+from ...errors import DatasetError, SettingsError
+from ...train.plan import count_steps
 
 # Seconds per 512×512 image, forward + backward, rank-32 LoRA, fp16 autocast, SDP attention.
 # Matched against the device name in this order (first match wins).

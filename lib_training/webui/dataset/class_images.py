@@ -33,10 +33,11 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from ..data.caption_tools import contains_word, scan_folder, tidy_caption, write_caption
-from ..data.importer import REG_DIRNAME, subset_folder_name
-from ..errors import CheckpointError, LoraStudioError, SettingsError
-from ..fileio import atomic_write_bytes
+from ...data.caption_tools import contains_word, scan_folder, tidy_caption, write_caption
+from ...data.importer import REG_DIRNAME, subset_folder_name
+from ...errors import CheckpointError, LoraStudioError, SettingsError
+from ...fileio import atomic_write_bytes
+from .names import dataset_root
 
 MANIFEST = ".lora_studio_class_images.json"
 DEFAULT_SAMPLER = "DPM++ 2M"
@@ -311,7 +312,7 @@ def a1111_generate(shared: Any = None, processing: Any = None) -> Generate:
 
 def run_in_webui(root: Path, settings: ClassImageSettings, hold_queue: bool = False) -> ClassImagesResult:
     """In the WebUI: A1111's progress bar and Interrupt; `hold_queue` for callers outside the queue (API)."""
-    from .job_progress import StateProgress
+    from ..job_progress import StateProgress
 
     def run() -> ClassImagesResult:
         progress = StateProgress("class images", raise_when_stopped=False)  # the runner asks should_stop
@@ -343,8 +344,7 @@ def class_images_from_api(body: Mapping[str, Any]) -> dict:
 
 def _api_dataset(folder: str) -> Path:
     """A dataset of the datasets folder by name, or a folder path."""
-    from .dataset_actions import dataset_root
-    from .runtime import datasets_dir
+    from ..backend.runtime import datasets_dir
 
     if not folder.strip():
         raise SettingsError('Give "dataset": the name of a dataset in the datasets folder, or a folder path.')

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ..compare import curves
-from ..config import TrainConfig
-from ..errors import SettingsError
-from ..train.state import STATE_FILE
+from ...compare import curves
+from ...config import TrainConfig
+from ...errors import SettingsError
+from ...train.state import STATE_FILE
 
 CONFIG_FILE = "config.toml"
 LOG_FILE = curves.LOG_FILE

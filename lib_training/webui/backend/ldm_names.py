@@ -11,7 +11,7 @@ from typing import Iterator
 
 from torch import nn
 
-from ..models.ldm_convert import unet_module_map
+from ...models.ldm_convert import unet_module_map
 
 
 def _transformer_depth(block: nn.Module) -> int | None:

@@ -27,11 +27,11 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from ..compare.grid import CellRequest, format_weight
-from ..errors import CheckpointError, LoraStudioError
-from .compare_actions import CompareContext, CompareOutcome, GenerationStopped, run_compare
-from .compare_form import CompareRequest
-from .train_actions import Folders
+from ...compare.grid import CellRequest, format_weight
+from ...errors import CheckpointError, LoraStudioError
+from .actions import CompareContext, CompareOutcome, GenerationStopped, run_compare
+from .form import CompareRequest
+from ..train.actions import Folders
 
 OPTION_CLIP_MODEL = "lora_studio_clip_model"
 OPTION_COMPARE_DIR = "lora_studio_compare_dir"
@@ -165,7 +165,7 @@ def settings_that_change_images() -> tuple[tuple[str, str], ...]:
 def webui_context() -> CompareContext:
     from modules import shared
 
-    from . import runtime
+    from ..backend import runtime
 
     info = shared.sd_model.sd_checkpoint_info
     folder = compare_dir()
@@ -267,7 +267,7 @@ def load_embedder():
             if not shared.cmd_opts.no_half and not interrogator.running_on_cpu:
                 interrogator.clip_model = interrogator.clip_model.half()
         return A1111ClipEmbedder(interrogator)
-    from ..compare import load_embedder as engine_load
+    from ...compare import load_embedder as engine_load
 
     setting = (getattr(shared.opts, OPTION_CLIP_MODEL, "") or "").strip()
     with _embedder_lock:
@@ -339,9 +339,9 @@ def compare_job() -> Iterator[None]:
 
 
 def compare_from_api(body: dict) -> dict:
-    from . import runtime
-    from .compare_actions import outcome_to_json
-    from .compare_form import with_defaults
+    from ..backend import runtime
+    from .actions import outcome_to_json
+    from .form import with_defaults
 
     body = dict(body) if isinstance(body, dict) else body
     images = bool(body.pop("images", True)) if isinstance(body, dict) else True

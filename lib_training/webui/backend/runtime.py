@@ -16,9 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ..config import TrainConfig
-from ..fileio import atomic_write_bytes
-from ..train import events as ev
+from ...config import TrainConfig
+from ...fileio import atomic_write_bytes
+from ...train import events as ev
 from . import bridge
 from .service import FINISHED, RunStatus, TrainingService
 

@@ -1,6 +1,6 @@
 """What the Train tab's buttons do, without gradio: plain values in, plain values out.
 
-`ui_train.py` wires these to components; the WebUI (`runtime`) is passed in or imported lazily,
+`ui.py` wires these to components; the WebUI (`runtime`) is passed in or imported lazily,
 so everything here runs in tests with the WebUI faked.
 """
 
@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from ..errors import LoraStudioError
+from ...errors import LoraStudioError
 from . import form
 from .dataset_summary import summarize_dataset
 from .estimate import DeviceInfo, estimate, format_duration
-from .outputs import DEFAULT_PREFERRED_WEIGHT
+from ..backend.outputs import DEFAULT_PREFERRED_WEIGHT
 from .presets import find_preset
 from .runs import RunRecord, list_runs
-from .service import CANCELLED, FAILED, FINISHED, RunStatus
+from ..backend.service import CANCELLED, FAILED, FINISHED, RunStatus
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..config import TrainConfig
-from ..fileio import atomic_write_bytes, atomic_write_text
+from ...config import TrainConfig
+from ...fileio import atomic_write_bytes, atomic_write_text
 
 DEFAULT_PREFERRED_WEIGHT = 0.8
 SD_VERSIONS = {"sd_v1": "SD1", "sd_v2": "SD2", "sdxl": "SDXL"}  # kohya ss_base_model_version -> A1111 SdVersion

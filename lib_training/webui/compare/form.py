@@ -1,5 +1,5 @@
 """The Compare tab's form, without gradio or A1111: the request, its parsers, the runs and files it
-can compare, and what choosing a run (or files) fills in. `compare_actions` runs the comparison.
+can compare, and what choosing a run (or files) fills in. `actions.py` runs the comparison.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from ..compare import LoraFile, run_files
-from ..data.folders import scan_dataset
-from ..errors import DatasetError, SettingsError
-from .dataset_summary import summarize_dataset
-from .outputs import read_safetensors_metadata, user_metadata_path
-from .runs import RunRecord, list_runs
-from .train_actions import Folders
+from ...compare import LoraFile, run_files
+from ...data.folders import scan_dataset
+from ...errors import DatasetError, SettingsError
+from ..train.dataset_summary import summarize_dataset
+from ..backend.outputs import read_safetensors_metadata, user_metadata_path
+from ..train.runs import RunRecord, list_runs
+from ..train.actions import Folders
 
 SOURCE_RUN = "A training run (all its epoch files)"
 SOURCE_FILES = "Files from the Lora folder"
@@ -81,7 +81,7 @@ class CompareRequest:
 
 def request_from_form(source, run, files, weights, prompts, class_prompt, trigger, seeds, negative, sampler, steps,
                       cfg, width, height, training_dir, metrics, curve_runs) -> CompareRequest:
-    """The tab's values (in ui_compare's `form` order) as a request; empty numbers get the defaults."""
+    """The tab's values (in ui.py's `form` order) as a request; empty numbers get the defaults."""
     return CompareRequest(
         source=source or SOURCE_RUN, run=run or "", files=tuple(files or ()), weights=weights or "",
         prompts=prompts or "", class_prompt=class_prompt or "", trigger_words=trigger or "", seeds=seeds or "",

@@ -2,7 +2,7 @@
 
 A dataset is a folder under the datasets folder (Settings > LoRA Studio), in kohya_ss's project
 layout (data/importer.py): `<name>/img/<repeats>_<trigger> <class>/` + `<name>/reg/<repeats>_<class>/`.
-`ui_dataset.py` wires these functions to components; A1111 (interrogators, processing, progress)
+`ui.py` wires these functions to components; A1111 (interrogators, processing, progress)
 is passed in as plain callables/objects, so everything here runs in tests with the WebUI faked.
 Messages are plain text for the user; `Outcome.ok` says whether it is a success or a problem.
 """
@@ -16,18 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from ..config import OutputSettings
-from ..data.caption_tools import (caption_path, find_replace, prefix_captions, read_caption_text, scan_folder,
+from ...config import OutputSettings
+from ...data.caption_tools import (caption_path, find_replace, prefix_captions, read_caption_text, scan_folder,
                                   tag_frequency_table, write_caption)
-from ..data.captioner import caption_folder
-from ..data.health import ERROR, NOTE, WARNING, HealthReport, TokenCounter, check_dataset
-from ..data.importer import REG_DIRNAME, ImportResult, dataset_dirs, import_files, import_folder
-from ..data.preprocess import CROP_MODES, PreprocessOptions, preprocess_dataset
-from ..errors import LoraStudioError, SettingsError
+from ...data.captioner import caption_folder
+from ...data.health import ERROR, NOTE, WARNING, HealthReport, TokenCounter, check_dataset
+from ...data.importer import REG_DIRNAME, ImportResult, dataset_dirs, import_files, import_folder
+from ...data.preprocess import CROP_MODES, PreprocessOptions, preprocess_dataset
+from ...errors import LoraStudioError, SettingsError
+from .names import dataset_root
 from .class_images import Generate, generate_class_images, settings_from_mapping
-from .dataset_summary import summarize_dataset
-from .form import METHOD_DREAMBOOTH, METHOD_LORA
-from .job_progress import JobStopped
+from ..train.dataset_summary import summarize_dataset
+from ..train.form import METHOD_DREAMBOOTH, METHOD_LORA
+from ..job_progress import JobStopped
 from .thumbnails import thumbnail
 
 Progress = Callable[..., None]  # (done, total[, text])
@@ -35,7 +36,6 @@ MAX_PROBLEM_THUMBNAILS = 60
 MAX_TAGS_SHOWN = 60
 MAX_NAMES_PER_ISSUE = 6
 MAX_CLASS_IMAGES_SHOWN = 48
-_NAME_OK = re.compile(r"^[\w][\w .+\-()\[\]]*$", re.UNICODE)
 SEVERITY_MARK = {ERROR: "⛔", WARNING: "⚠", NOTE: "ℹ"}
 ISSUE_LABELS = {
     "broken": "broken file", "too_large": "too large", "near_duplicate": "near-duplicate",
@@ -82,29 +82,6 @@ class DatasetInfo:
     num_images: int = 0
     num_reg_images: int = 0
     error: str = ""
-
-
-def list_datasets(datasets_dir: Path) -> list[str]:
-    """Names of the dataset folders (not hidden), sorted."""
-    try:
-        return sorted(p.name for p in Path(datasets_dir).iterdir() if p.is_dir() and not p.name.startswith("."))
-    except OSError:
-        return []
-
-
-def check_dataset_name(name: str) -> str:
-    """A dataset name usable as one folder name inside the datasets folder; raises SettingsError otherwise."""
-    stripped = (name or "").strip()
-    if not stripped:
-        raise SettingsError("Give the dataset a name, e.g. 'my_cat'. It becomes a folder in the datasets folder.")
-    if "/" in stripped or "\\" in stripped or ".." in stripped or not _NAME_OK.match(stripped):
-        raise SettingsError(f"The dataset name {stripped!r} may only use letters, digits, spaces and _ - . + ( ) [ ] "
-                            "(no '/' or '..': it is a folder inside the datasets folder).")
-    return stripped
-
-
-def dataset_root(datasets_dir: Path, name: str) -> Path:
-    return Path(datasets_dir) / check_dataset_name(name)
 
 
 def open_dataset(datasets_dir: Path, name: str) -> DatasetInfo:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..config import MIXED_PRECISION, OPTIMIZERS, PREDICTION_TYPES, SAVE_DTYPES, SCHEDULERS, TrainConfig
-from ..data.folders import scan_dataset
-from ..errors import LoraStudioError, SettingsError
-from ..fileio import path_inside, validate_output_name
+from ...config import MIXED_PRECISION, OPTIMIZERS, PREDICTION_TYPES, SAVE_DTYPES, SCHEDULERS, TrainConfig
+from ...data.folders import scan_dataset
+from ...errors import LoraStudioError, SettingsError
+from ...fileio import path_inside, validate_output_name
 from .presets import DEFAULT_PRESET, Preset, find_preset
 
 METHOD_LORA = "LoRA"

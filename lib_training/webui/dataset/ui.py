@@ -1,4 +1,4 @@
-"""The Dataset sub-tab (gradio 3.41): controls and wiring only; what the buttons do is in `dataset_actions`.
+"""The Dataset sub-tab (gradio 3.41): controls and wiring only; what the buttons do is in `actions.py`.
 
 Preprocess, captioning and class images go through A1111's `wrap_gradio_gpu_call` (queue + job)
 with a JavaScript function per button (javascript/lora_studio.js) that gives the task id and shows
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from . import class_images, dataset_actions as actions
+from . import actions, class_images, names
 from .interrogators import CAPTIONERS
 from .thumbnails import thumbnail
 
@@ -24,7 +24,7 @@ _running = threading.Event()  # set while a job of this tab runs: Stop interrupt
 
 
 def _runtime():
-    from . import runtime
+    from ..backend import runtime
 
     return runtime
 
@@ -34,7 +34,7 @@ def _datasets_dir() -> Path:
 
 
 def _root(name: str) -> Path:
-    return actions.dataset_root(_datasets_dir(), name)
+    return names.dataset_root(_datasets_dir(), name)
 
 
 @dataclass
@@ -66,7 +66,7 @@ def create_dataset_tab() -> DatasetTab:
     from modules.call_queue import wrap_gradio_gpu_call
     from modules.ui_components import ToolButton
 
-    names = actions.list_datasets(_datasets_dir())
+    names = names.list_datasets(_datasets_dir())
     samplers, sampler = _sampler_choices()
 
     with gr.Row(elem_id="lora_studio_dataset"):
@@ -224,14 +224,14 @@ def create_dataset_tab() -> DatasetTab:
     pick_outputs = [summary, trigger, class_word, images, image_paths, health, problems, pp_name,
                     selected_image, selected_path, caption_text, caption_file, tags]
     dataset.change(fn=pick, inputs=[dataset, resolution], outputs=pick_outputs, show_progress=False)
-    refresh.click(fn=lambda: gr.update(choices=actions.list_datasets(_datasets_dir())), inputs=[], outputs=[dataset],
+    refresh.click(fn=lambda: gr.update(choices=names.list_datasets(_datasets_dir())), inputs=[], outputs=[dataset],
                   show_progress=False)
 
     def create_clicked(name, source_value, files, trigger_value, class_value, repeats_value):
         uploads = [getattr(f, "name", f) for f in files or []]
         outcome = actions.create_dataset(_datasets_dir(), name, source_value, uploads, trigger_value, class_value,
                                          repeats_value)
-        choices = actions.list_datasets(_datasets_dir())
+        choices = names.list_datasets(_datasets_dir())
         if not outcome.ok:
             return gr.update(choices=choices), outcome.html(), gr.update()
         # The result stays visible above the closed accordion; the health report comes next.
@@ -252,7 +252,7 @@ def create_dataset_tab() -> DatasetTab:
 
     # ---- preprocess / captions (A1111's queue and progress bar) -------------------------------
     def preprocess_job(id_task, name, new, resolution_value, crop_value, flip_value):
-        from .job_progress import StateProgress
+        from ..job_progress import StateProgress
 
         if not name:
             return gr.update(), actions.Outcome("⚠ Pick a dataset first.", ok=False).html()
@@ -260,7 +260,7 @@ def create_dataset_tab() -> DatasetTab:
             outcome = actions.preprocess(_datasets_dir(), name, new, resolution_value, crop_value, flip_value,
                                          on_progress=StateProgress("preprocess"))
         if outcome.ok and outcome.dataset:
-            return gr.update(choices=actions.list_datasets(_datasets_dir()), value=outcome.dataset), outcome.html()
+            return gr.update(choices=names.list_datasets(_datasets_dir()), value=outcome.dataset), outcome.html()
         return gr.update(), outcome.html()
 
     pp_button.click(fn=wrap_gradio_gpu_call(preprocess_job, extra_outputs=[gr.update()]),
@@ -270,7 +270,7 @@ def create_dataset_tab() -> DatasetTab:
 
     def caption_job(id_task, name, captioner_name, trigger_value, class_value, overwrite_value, selected):
         from .interrogators import a1111_captioner
-        from .job_progress import StateProgress
+        from ..job_progress import StateProgress
 
         if not name:
             return gr.update(), gr.update(), actions.Outcome("⚠ Pick a dataset first.", ok=False).html()
@@ -336,7 +336,7 @@ def create_dataset_tab() -> DatasetTab:
     # ---- class images ------------------------------------------------------------------------
     def class_job(id_task, name, trigger_value, class_value, source_value, prompt, negative, per, sampler_name,
                   steps, cfg, width, height, seed, batch):
-        from .job_progress import StateProgress
+        from ..job_progress import StateProgress
 
         if not name:
             return gr.update(), actions.Outcome("⚠ Pick a dataset first.", ok=False).html()
@@ -368,7 +368,7 @@ def create_dataset_tab() -> DatasetTab:
 def connect_use_in_train(tab: DatasetTab, train: dict, tabs: gr.Tabs) -> None:
     """"Use in Train": fill the Train sub-tab (dataset folder, class-image folder + method, trigger word, name
     when empty, its summary line) and switch to it. `train` is what `create_train_tab` returns."""
-    from . import train_actions
+    from ..train import actions as train_actions
 
     fields = train["fields"]
 

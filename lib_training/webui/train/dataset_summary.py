@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..data.folders import DatasetSpec, scan_dataset
-from ..errors import DatasetError
+from ...data.folders import DatasetSpec, scan_dataset
+from ...errors import DatasetError
 from .presets import TARGET_SAMPLES_PER_EPOCH, suggested_repeats
 
 

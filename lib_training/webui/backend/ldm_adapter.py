@@ -14,8 +14,8 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
-from ..models.adapter import EPSILON, V_PREDICTION, ModelInfo
+from ...errors import CheckpointError
+from ...models.adapter import EPSILON, V_PREDICTION, ModelInfo
 from .ldm_names import named_unet_modules
 
 

@@ -1,4 +1,4 @@
-"""The Train sub-tab (gradio 3.41): controls built from `form.FIELDS`, actions in `train_actions`.
+"""The Train sub-tab (gradio 3.41): controls built from `form.FIELDS`, actions in `actions.py`.
 
 No tensor work here. Start goes through A1111's `wrap_gradio_gpu_call` (queue + job) with the
 `lora_studio_start` JavaScript (javascript/lora_studio.js) that gives the task id and starts A1111's
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..data.importer import dataset_dirs
-from . import form, train_actions
+from ...data.importer import dataset_dirs
+from . import form, actions as train_actions
 from .dataset_summary import list_dataset_folders
 from .form import FIELDS, GROUPS, MAIN, METHOD_DREAMBOOTH, METHOD_LORA, METHODS
-from .outputs import DEFAULT_PREFERRED_WEIGHT
+from ..backend.outputs import DEFAULT_PREFERRED_WEIGHT
 from .presets import find_preset, preset_choices
 from .runs import runs_table_html
 
@@ -25,7 +25,7 @@ CHART_HTML = ("<div id='lora_studio_chart'><div class='lora-studio-chart-info'>L
 
 
 def _runtime():
-    from . import runtime
+    from ..backend import runtime
 
     return runtime
 

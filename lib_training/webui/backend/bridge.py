@@ -1,7 +1,7 @@
 """Train on the model A1111 has loaded: checks, the "sacred model" guard, and the run itself.
 
 Imports A1111's `modules.*` lazily (this package is importable without a WebUI). The caller
-holds A1111's `queue_lock` for the whole run (see `service.py`), so no generation or model
+holds A1111's `queue_lock` for the whole run (see `service.py` beside it), so no generation or model
 switch can interleave with a training step.
 """
 
@@ -14,12 +14,12 @@ from typing import Iterator
 
 import torch
 
-from ..config import TrainConfig
-from ..errors import CheckpointError, SettingsError, TrainingError
-from ..models.adapter import ModelInfo
-from ..train import events as ev
-from ..train.host_memory import return_freed_memory
-from ..train.loop import TrainResult, train
+from ...config import TrainConfig
+from ...errors import CheckpointError, SettingsError, TrainingError
+from ...models.adapter import ModelInfo
+from ...train import events as ev
+from ...train.host_memory import return_freed_memory
+from ...train.loop import TrainResult, train
 from .ldm_adapter import LdmAdapter, ldm_family, prediction_type
 
 
@@ -168,7 +168,7 @@ def a1111_loader_report(name: str) -> dict:
 
     A1111 only logs unmatched keys at debug level; this makes a silent mismatch visible.
     """
-    from ..lora.io import load_lora
+    from ...lora.io import load_lora
 
     networks = _a1111_lora_module()
     if networks is None:
