@@ -51,11 +51,11 @@ def _sampler_choices() -> tuple[list[str], str]:
     try:
         from modules import sd_samplers
 
-        names = sd_samplers.visible_sampler_names()
+        sampler_names = sd_samplers.visible_sampler_names()
     except Exception:  # outside a started WebUI (layout tests)
-        names = []
-    names = names or [class_images.DEFAULT_SAMPLER]
-    return names, class_images.DEFAULT_SAMPLER if class_images.DEFAULT_SAMPLER in names else names[0]
+        sampler_names = []
+    sampler_names = sampler_names or [class_images.DEFAULT_SAMPLER]
+    return sampler_names, class_images.DEFAULT_SAMPLER if class_images.DEFAULT_SAMPLER in sampler_names else sampler_names[0]
 
 
 def _job_html(elem_id: str) -> gr.HTML:
@@ -66,13 +66,13 @@ def create_dataset_tab() -> DatasetTab:
     from modules.call_queue import wrap_gradio_gpu_call
     from modules.ui_components import ToolButton
 
-    names = names.list_datasets(_datasets_dir())
+    existing = names.list_datasets(_datasets_dir())
     samplers, sampler = _sampler_choices()
 
     with gr.Row(elem_id="lora_studio_dataset"):
         with gr.Column(scale=1, elem_id="lora_studio_ds_left"):
             with gr.Row():
-                dataset = gr.Dropdown(label="Dataset", choices=names, value=None, elem_id="lora_studio_ds_choice",
+                dataset = gr.Dropdown(label="Dataset", choices=existing, value=None, elem_id="lora_studio_ds_choice",
                                       info="folders in the datasets folder (Settings > LoRA Studio)")
                 refresh = ToolButton("\U0001f504", elem_id="lora_studio_ds_refresh", tooltip="List the datasets again")
             summary = gr.Markdown("Pick a dataset, or create one below from a folder or an upload of photos.",
@@ -85,7 +85,7 @@ def create_dataset_tab() -> DatasetTab:
                 resolution = gr.Number(label="Resolution", value=512, precision=0, elem_id="lora_studio_ds_resolution",
                                        info="training size in px")
 
-            with gr.Accordion("New dataset from a folder or an upload", open=not names,
+            with gr.Accordion("New dataset from a folder or an upload", open=not existing,
                               elem_id="lora_studio_ds_create") as create_group:
                 new_name = gr.Textbox(label="Dataset name", elem_id="lora_studio_ds_new_name",
                                       placeholder="my_cat (an existing name adds the images to it)")
