@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import OPTIMIZERS, SCHEDULERS, TrainConfig
+from .config import METHODS, OPTIMIZERS, SCHEDULERS, TrainConfig
 from .errors import LoraStudioError, TrainingCancelled
 from .train import events as ev
 
@@ -24,9 +24,16 @@ FLAGS: dict[str, tuple[str, str, Callable, str]] = {
     "--reg-data": ("data", "reg_dir", str, "class-image folder for DreamBooth prior preservation (optional)"),
     "--prior-loss-weight": ("data", "prior_loss_weight", float, "weight of the class-image loss (DreamBooth)"),
     "--resolution": ("data", "resolution", int, "training resolution in pixels (SD1: 512, SD2: 768)"),
-    "--output-dir": ("output", "output_dir", str, "folder for the LoRA files (e.g. the WebUI's models/Lora)"),
+    "--method": ("network", "method", str, f"one of {', '.join(METHODS)}: lora (default) trains a LoRA; full "
+                 "fine-tunes the weights themselves (DreamBooth) and writes a single-file checkpoint"),
+    "--output-dir": ("output", "output_dir", str, "folder for the LoRA files (e.g. the WebUI's models/Lora); with "
+                     "--method full, for the checkpoints (models/Stable-diffusion)"),
     "--name": ("output", "name", str, "output name: <name>.safetensors, epochs <name>-000004.safetensors"),
     "--trigger-word": ("output", "trigger_word", str, "trigger word, stored in the file's metadata"),
+    "--extract-lora-rank": ("output", "extract_lora_rank", int, "--method full: also extract a LoRA of this rank "
+                            "from the difference (SVD, as kohya's extract_lora_from_models.py); 0 = no"),
+    "--extract-lora-dir": ("output", "extract_lora_dir", str, "folder for the extracted LoRA (default: the Lora "
+                           "folder beside --output-dir)"),
     "--steps": ("train", "max_steps", int, "number of optimizer steps (overrides --epochs)"),
     "--epochs": ("train", "epochs", int, "number of epochs (one epoch = every image x its repeats)"),
     "--batch-size": ("train", "batch_size", int, "images per step"),
@@ -55,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lib_training", description="LoRA Studio's headless trainer.")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a LoRA", description=(
-        "Train a kohya-format LoRA on a single-file checkpoint. Settings come from --config "
+        "Train a kohya-format LoRA (or, with --method full, fine-tune the checkpoint itself) on a "
+        "single-file checkpoint. Settings come from --config "
         "(TOML, the same file the WebUI tab exports); flags override it."))
     train.add_argument("--config", type=Path, help="run settings as TOML (sections model, data, network, "
                                                    "optimizer, train, output)")
@@ -171,6 +179,8 @@ def _train(config: TrainConfig, args: argparse.Namespace) -> int:
     for extra in result.files:
         if extra != result.path:
             print(f"  epoch file {extra}")
+    if result.extracted_lora is not None:
+        print(f"  extracted LoRA {result.extracted_lora}")
     return 0
 
 

@@ -254,3 +254,25 @@ def test_run_with_extraction_writes_the_lora_beside_the_checkpoint_folder(photo_
 def test_bad_full_settings_are_refused(photo_dataset, tmp_path, overrides, message):
     with pytest.raises(SettingsError, match=message):
         small_config(photo_dataset, tmp_path, **overrides).validate()
+
+
+def test_cli_method_full_writes_a_checkpoint_and_an_extracted_lora(photo_dataset, tmp_path, capsys):
+    from lib_training.cli import main
+    from lib_training.models.single_file import save_checkpoint
+    from lib_training.models.tiny import build_models, tiny_text_config, tiny_unet_config, tiny_vae_config
+
+    configs = {"unet": tiny_unet_config(), "vae": tiny_vae_config(), "text": tiny_text_config()}
+    source = save_checkpoint(tmp_path / "base.safetensors", *build_models(configs["unet"], configs["vae"],
+                                                                          configs["text"], seed=5), "sd1", configs)
+    out = tmp_path / "models" / "Stable-diffusion"
+    args = ["train", "--method", "full", "--checkpoint", str(source), "--data", str(photo_dataset),
+            "--output-dir", str(out), "--name", "db_cat", "--steps", "3", "--resolution", "64", "--lr", "1e-4",
+            "--unet-only", "--extract-lora-rank", "2"]
+    assert main(args + ["--print-config"]) == 0
+    assert 'method = "full"' in capsys.readouterr().out  # the TOML uses the same word as the flag
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "db_cat.safetensors" in printed and "extracted LoRA" in printed
+    reloaded = load_checkpoint(out / "db_cat.safetensors")  # carries the tiny configs of its source
+    assert reloaded.info.family == "sd1" and read_checkpoint(out / "db_cat.safetensors")[1]["ss_steps"] == "3"
+    assert (tmp_path / "models" / "Lora" / "db_cat.safetensors").is_file()
