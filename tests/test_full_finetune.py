@@ -276,3 +276,45 @@ def test_cli_method_full_writes_a_checkpoint_and_an_extracted_lora(photo_dataset
     reloaded = load_checkpoint(out / "db_cat.safetensors")  # carries the tiny configs of its source
     assert reloaded.info.family == "sd1" and read_checkpoint(out / "db_cat.safetensors")[1]["ss_steps"] == "3"
     assert (tmp_path / "models" / "Lora" / "db_cat.safetensors").is_file()
+
+
+def _diffusers_version() -> tuple[int, ...]:
+    import diffusers
+
+    return tuple(int(p) for p in diffusers.__version__.split(".")[:2])
+
+
+@pytest.mark.skipif(_diffusers_version() < (0, 28), reason=(
+    "from_single_file with a local config folder needs diffusers >= 0.28 (the `current` env): "
+    "`.venv-tests/current/bin/python -m pytest tests/test_full_finetune.py`"))
+def test_checkpoint_loads_in_diffusers_from_single_file_offline_and_gives_the_trained_output(
+        photo_dataset, tmp_path, monkeypatch):
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = tiny_adapter("sd1", seed=11)
+    trained = {}
+
+    def on_event(event):
+        if isinstance(event, ev.Finished):
+            torch.manual_seed(0)
+            trained["latents"], trained["ids"] = torch.randn(1, 4, 8, 8), model.tokenize(["sks cat, sitting"])
+            with torch.no_grad():
+                cond = model.text_encoder()(trained["ids"])[0]
+                trained["out"] = model.unet()(trained["latents"], torch.tensor([400]), encoder_hidden_states=cond).sample
+
+    config = full_config(photo_dataset, tmp_path / "out", train__max_steps=4, optimizer__text_encoder_lr=1e-4)
+    path = train(config, model, on_event=on_event).path
+    # The configs in code (the tiny model's; sd_configs' for real SD1/SD2) as a diffusers folder, no weights.
+    StableDiffusionPipeline(
+        vae=model.vae(), text_encoder=model.text_encoder(), tokenizer=model.tokenizer, unet=model.unet(),
+        scheduler=DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False).save_pretrained(tmp_path / "cfg")
+    for weights in (tmp_path / "cfg").rglob("*.safetensors"):
+        weights.unlink()
+    pipe = StableDiffusionPipeline.from_single_file(str(path), config=str(tmp_path / "cfg"), local_files_only=True,
+                                                    safety_checker=None)
+    with torch.no_grad():
+        cond = pipe.text_encoder(trained["ids"])[0]
+        out = pipe.unet(trained["latents"], torch.tensor([400]), encoder_hidden_states=cond).sample
+    assert torch.allclose(out, trained["out"], atol=1e-5, rtol=1e-5)
