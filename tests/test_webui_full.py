@@ -76,3 +76,54 @@ def test_full_finetune_is_refused_under_medvram_with_what_to_do(photo_dataset, t
 def test_card_says_full_fine_tune(photo_dataset, tmp_path):
     text = outputs.describe_settings(small_config(photo_dataset, tmp_path, network__method="full"), steps=40)
     assert text.startswith("DreamBooth full fine-tune") and "rank" not in text and "40 steps" in text
+
+
+# ---- the Train tab and the API (pure, no ldm needed beyond this module's import) ---------------
+
+def test_the_form_offers_the_full_fine_tune_and_places_its_files(photo_dataset, tmp_path):
+    from lib_training.config import tomllib
+
+    from lib_training.webui.train import actions, form
+
+    values = {**form.default_values(), "data.train_dir": str(photo_dataset), "output.extract_lora_rank": 8}
+    full = form.config_from_values(values, form.METHOD_FULL)
+    assert full.network.method == "full" and full.output.extract_lora_rank == 8 and full.data.reg_dir == ""
+    assert form.method_of(full) == form.METHOD_FULL
+    lora = form.config_from_values(values, form.METHOD_LORA)
+    assert lora.network.method == "lora" and lora.output.extract_lora_rank == 0  # the field is full-only
+    folders = actions.Folders(tmp_path / "Lora", tmp_path / "runs", tmp_path / "Stable-diffusion")
+    placed = actions.config_from_form(form.METHOD_FULL, form.values_to_list(values), folders)
+    assert placed.output.output_dir == str(tmp_path / "Stable-diffusion")
+    assert placed.output.extract_lora_dir == str(tmp_path / "Lora")
+    # The export writes the CLI's word; posting that file to the API gives the same method and folders.
+    body = tomllib.loads(form.export_toml(placed, checkpoint="/m/base.safetensors"))
+    assert body["network"]["method"] == "full"
+    request = form.config_from_request(body, tmp_path / "Lora", tmp_path / "runs", tmp_path / "Stable-diffusion")
+    assert request.config.network.method == "full"
+    assert request.config.output.output_dir == str(tmp_path / "Stable-diffusion")
+    by_word = form.config_from_request({"method": "full", "data": {"train_dir": str(photo_dataset)}},
+                                       tmp_path / "Lora", tmp_path / "runs", tmp_path / "Stable-diffusion")
+    assert by_word.config.network.method == "full"
+
+
+def test_the_estimate_counts_the_full_fine_tunes_state(photo_dataset, tmp_path):
+    from lib_training.webui.train.estimate import DeviceInfo, memory_gb, seconds_per_step
+
+    gpu = DeviceInfo("cuda", "NVIDIA GeForce RTX 3090", 24.0)
+    config = small_config(photo_dataset, tmp_path, data__resolution=512, optimizer__text_encoder_lr=0.0)
+    lora_gb, _ = memory_gb(config, gpu)
+    config.network.method = "full"
+    full_gb, basis = memory_gb(config, gpu)
+    # 860 M UNet weights x (fp32 master 4 + gradient 4 + AdamW 8) = 12.8 GB more than the LoRA's state.
+    assert 12 < full_gb - lora_gb < 14 and "full fine-tune state (16 bytes" in basis
+    config.optimizer.optimizer = "lion"
+    assert memory_gb(config, gpu)[0] < full_gb
+    assert seconds_per_step(config, gpu)[0] > 0
+
+
+def test_a_finished_full_run_points_at_the_checkpoint_list():
+    from lib_training.webui.backend.service import FINISHED, RunStatus
+    from lib_training.webui.train.actions import result_html
+
+    status = RunStatus(state=FINISHED, result="/m/Stable-diffusion/db_cat.safetensors", step=10)
+    assert "checkpoint list" in result_html(status, full=True) and "Lora list" in result_html(status)
