@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
     train.add_argument("--print-config", action="store_true", help="print the merged settings as TOML and exit")
     _add_dataset_commands(commands)
+    extract = commands.add_parser("extract-lora", help="a LoRA from the difference of two checkpoints (SVD)",
+                                  description="Write a kohya LoRA that takes BASE to TUNED (e.g. the epoch of a "
+                                              "full fine-tune picked by eye), as kohya's extract_lora_from_models.py.")
+    extract.add_argument("--base", type=Path, required=True, help="the checkpoint the fine-tune started from")
+    extract.add_argument("--tuned", type=Path, required=True, help="the fine-tuned checkpoint")
+    extract.add_argument("--rank", type=int, default=32, help="LoRA rank (alpha = rank)")
+    extract.add_argument("--out", type=Path, required=True, help="the LoRA file to write (.safetensors)")
+    extract.add_argument("--unet-only", action="store_true", help="leave the text encoder out")
     return parser
 
 
@@ -121,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "dataset":
             return _dataset(args)
+        if args.command == "extract-lora":
+            return _extract(args)
         config = config_from_args(args)
         if args.print_config:
             print(config.to_toml())
@@ -150,6 +160,19 @@ def _dataset(args: argparse.Namespace) -> int:
     print(f"Wrote {len(result.images)} images to {result.output} (faces: {result.face_detector})")
     for skipped in result.skipped:
         print(f"  skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
+    return 0
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from .errors import SettingsError
+    from .lora.extract import extract_from_files
+
+    if args.rank < 1:
+        raise SettingsError(f"--rank is {args.rank}; it must be at least 1 (typical: 16-128).")
+    if args.out.exists():
+        raise SettingsError(f"{args.out} already exists; choose another --out.")
+    path = extract_from_files(args.base, args.tuned, args.rank, args.out, text_encoder=not args.unet_only)
+    print(f"Saved {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 

@@ -318,3 +318,28 @@ def test_checkpoint_loads_in_diffusers_from_single_file_offline_and_gives_the_tr
         cond = pipe.text_encoder(trained["ids"])[0]
         out = pipe.unet(trained["latents"], torch.tensor([400]), encoder_hidden_states=cond).sample
     assert torch.allclose(out, trained["out"], atol=1e-5, rtol=1e-5)
+
+
+def test_cli_extracts_a_lora_between_two_checkpoints(photo_dataset, tmp_path, capsys):
+    from lib_training.cli import main
+    from lib_training.models.ldm_export import save_ldm_checkpoint
+
+    base_model, tuned_model = tiny_adapter("sd1", seed=12), tiny_adapter("sd1", seed=12)
+    with torch.no_grad():
+        layer = tuned_model.unet().down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+        layer.weight += 0.05 * torch.randn(layer.weight.shape, generator=torch.Generator().manual_seed(0))
+    base = save_ldm_checkpoint(tmp_path / "base.safetensors", base_model, torch.float32, {})
+    tuned = save_ldm_checkpoint(tmp_path / "tuned.safetensors", tuned_model, torch.float32, {})
+    out = tmp_path / "Lora" / "picked.safetensors"
+    assert main(["extract-lora", "--base", str(base), "--tuned", str(tuned), "--rank", "32", "--out", str(out)]) == 0
+    tensors, meta = load_lora(out)
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    assert {k.rsplit(".", 2)[0] for k in tensors} == {name}  # only the changed layer
+    delta = tensors[f"{name}.lora_up.weight"].float() @ tensors[f"{name}.lora_down.weight"].float()
+    # fp16 file, clamped at kohya's 99% quantile: close to the change, not exact.
+    change = layer.weight - base_model.unet().down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q.weight
+    assert float((delta - change).norm() / change.norm()) < 0.2
+    assert meta["ss_network_dim"] == "32" and "tuned.safetensors" in meta["ss_training_comment"]
+    assert main(["extract-lora", "--base", str(base), "--tuned", str(base), "--rank", "4",
+                 "--out", str(tmp_path / "same.safetensors")]) == 2
+    assert "nothing to extract" in capsys.readouterr().err

@@ -8,10 +8,15 @@ directions (up = U·S, down = Vᵀ), clamp the outliers at a quantile, alpha = r
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
 
+from ..errors import CheckpointError
+from ..fileio import validate_output_name
+from .io import save_lora
+from .metadata import extracted_metadata
 from .network import NetworkShape, select_targets
 
 CLAMP_QUANTILE = 0.99  # kohya's default
@@ -57,3 +62,29 @@ def extract_lora(model, original: Mapping[int, torch.Tensor], tuned: Callable[[t
         tensors[f"{name}.lora_down.weight"] = down.to(dtype).contiguous()
         tensors[f"{name}.alpha"] = torch.tensor(float(up.shape[1]), dtype=dtype)
     return tensors
+
+
+def extract_from_files(base: Path, tuned: Path, rank: int, out: Path, text_encoder: bool = True,
+                       tokenizer_dir: str = "") -> Path:
+    """`out` (.safetensors): the LoRA taking checkpoint `base` to `tuned` (e.g. the epoch picked by eye)."""
+    from ..models.single_file import load_checkpoint
+
+    base_model = load_checkpoint(Path(base), tokenizer_dir=tokenizer_dir)
+    tuned_model = load_checkpoint(Path(tuned), tokenizer_dir=tokenizer_dir)
+    if tuned_model.info.family != base_model.info.family:
+        raise CheckpointError(f"{Path(tuned).name} is {tuned_model.info.family} and {Path(base).name} is "
+                              f"{base_model.info.family}: a LoRA only goes between models of one family.")
+    tuned_by_id = {}
+    for base_part, tuned_part in ((base_model.unet(), tuned_model.unet()),
+                                  (base_model.text_encoder(), tuned_model.text_encoder())):
+        tuned_params = dict(tuned_part.named_parameters())
+        for name, weight in base_part.named_parameters():
+            tuned_by_id[id(weight)] = tuned_params[name]
+    original = {id(w): w.detach() for part in (base_model.unet(), base_model.text_encoder()) for w in part.parameters()}
+    tensors = extract_lora(base_model, original, lambda w: tuned_by_id[id(w)], rank, text_encoder)
+    if not tensors:
+        raise CheckpointError(f"{Path(tuned).name} and {Path(base).name} have the same weights in every layer a "
+                              "LoRA covers: there is nothing to extract.")
+    name = validate_output_name(Path(out).stem)
+    meta = extracted_metadata(name, base_model.info, Path(tuned).name, rank, text_encoder)
+    return save_lora(Path(out), tensors, meta)
