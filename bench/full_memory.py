@@ -43,8 +43,6 @@ def _rss() -> int:
 
 
 def measure(method: str, steps: int, resolution: int) -> dict:
-    import torch
-
     from conftest import small_config, write_photos
     from lib_training.models.adapter import ModelInfo
     from lib_training.models.clip_tokenizer import load_clip_tokenizer

@@ -5,7 +5,6 @@ cell and loads the user's checkpoint again at the end (against a faked `modules`
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import numpy as np
