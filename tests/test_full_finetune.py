@@ -308,7 +308,8 @@ def test_checkpoint_loads_in_diffusers_from_single_file_offline_and_gives_the_tr
     # The configs in code (the tiny model's; sd_configs' for real SD1/SD2) as a diffusers folder, no weights.
     StableDiffusionPipeline(
         vae=model.vae(), text_encoder=model.text_encoder(), tokenizer=model.tokenizer, unet=model.unet(),
-        scheduler=DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False),
+        scheduler=DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                                steps_offset=1),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False).save_pretrained(tmp_path / "cfg")
     for weights in (tmp_path / "cfg").rglob("*.safetensors"):
         weights.unlink()
