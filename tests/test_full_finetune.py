@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from conftest import small_config
+from lib_training.config import TrainConfig
 from lib_training.errors import SettingsError, TrainingCancelled, TrainingError
 from lib_training.lora.extract import extract_lora, low_rank
 from lib_training.lora.io import load_lora
@@ -82,12 +83,18 @@ def test_full_finetune_learns_writes_a_checkpoint_that_reproduces_it_and_restore
     assert not torch.equal(_probe(epoch5), trained["probe"])
 
 
-def test_fp16_is_the_default_file_dtype(photo_dataset, tmp_path):
+def test_fp16_is_the_default_file_dtype_and_class_images_work(photo_dataset, tmp_path):
+    from conftest import write_photos
+
+    assert TrainConfig().output.save_dtype == "fp16"
+    reg = write_photos(tmp_path / "reg" / "1_cat", names=("coffee",), captions={"coffee": "a cat"}).parent
     model = tiny_adapter("sd1", seed=5)
-    config = full_config(photo_dataset, tmp_path / "out", train__max_steps=2, output__save_dtype="fp16")
-    state, _ = read_checkpoint(train(config, model).path)
+    config = full_config(photo_dataset, tmp_path / "out", train__max_steps=2, output__save_dtype="fp16",
+                         data__reg_dir=str(reg))
+    state, meta = read_checkpoint(train(config, model).path)
     floats = {v.dtype for v in state.values() if v.is_floating_point()}
     assert floats == {torch.float16}
+    assert meta["ss_num_reg_images"] == "1" and meta["ss_prior_loss_weight"] == "1.0"
 
 
 def test_model_bit_identical_after_cancel_and_after_an_error(photo_dataset, tmp_path, monkeypatch):
