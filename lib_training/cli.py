@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .config import OPTIMIZERS, SCHEDULERS, TrainConfig
+from .config import METHODS, OPTIMIZERS, SCHEDULERS, TrainConfig
 from .errors import LoraStudioError, TrainingCancelled
 from .train import events as ev
 
@@ -24,9 +24,16 @@ FLAGS: dict[str, tuple[str, str, Callable, str]] = {
     "--reg-data": ("data", "reg_dir", str, "class-image folder for DreamBooth prior preservation (optional)"),
     "--prior-loss-weight": ("data", "prior_loss_weight", float, "weight of the class-image loss (DreamBooth)"),
     "--resolution": ("data", "resolution", int, "training resolution in pixels (SD1: 512, SD2: 768)"),
-    "--output-dir": ("output", "output_dir", str, "folder for the LoRA files (e.g. the WebUI's models/Lora)"),
+    "--method": ("network", "method", str, f"one of {', '.join(METHODS)}: lora (default) trains a LoRA; full "
+                 "fine-tunes the weights themselves (DreamBooth) and writes a single-file checkpoint"),
+    "--output-dir": ("output", "output_dir", str, "folder for the LoRA files (e.g. the WebUI's models/Lora); with "
+                     "--method full, for the checkpoints (models/Stable-diffusion)"),
     "--name": ("output", "name", str, "output name: <name>.safetensors, epochs <name>-000004.safetensors"),
     "--trigger-word": ("output", "trigger_word", str, "trigger word, stored in the file's metadata"),
+    "--extract-lora-rank": ("output", "extract_lora_rank", int, "--method full: also extract a LoRA of this rank "
+                            "from the difference (SVD, as kohya's extract_lora_from_models.py); 0 = no"),
+    "--extract-lora-dir": ("output", "extract_lora_dir", str, "folder for the extracted LoRA (default: the Lora "
+                           "folder beside --output-dir)"),
     "--steps": ("train", "max_steps", int, "number of optimizer steps (overrides --epochs)"),
     "--epochs": ("train", "epochs", int, "number of epochs (one epoch = every image x its repeats)"),
     "--batch-size": ("train", "batch_size", int, "images per step"),
@@ -55,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lib_training", description="LoRA Studio's headless trainer.")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a LoRA", description=(
-        "Train a kohya-format LoRA on a single-file checkpoint. Settings come from --config "
+        "Train a kohya-format LoRA (or, with --method full, fine-tune the checkpoint itself) on a "
+        "single-file checkpoint. Settings come from --config "
         "(TOML, the same file the WebUI tab exports); flags override it."))
     train.add_argument("--config", type=Path, help="run settings as TOML (sections model, data, network, "
                                                    "optimizer, train, output)")
@@ -67,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
     train.add_argument("--print-config", action="store_true", help="print the merged settings as TOML and exit")
     _add_dataset_commands(commands)
+    extract = commands.add_parser("extract-lora", help="a LoRA from the difference of two checkpoints (SVD)",
+                                  description="Write a kohya LoRA that takes BASE to TUNED (e.g. the epoch of a "
+                                              "full fine-tune picked by eye), as kohya's extract_lora_from_models.py.")
+    extract.add_argument("--base", type=Path, required=True, help="the checkpoint the fine-tune started from")
+    extract.add_argument("--tuned", type=Path, required=True, help="the fine-tuned checkpoint")
+    extract.add_argument("--rank", type=int, default=32, help="LoRA rank (alpha = rank)")
+    extract.add_argument("--out", type=Path, required=True, help="the LoRA file to write (.safetensors)")
+    extract.add_argument("--unet-only", action="store_true", help="leave the text encoder out")
     return parser
 
 
@@ -113,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "dataset":
             return _dataset(args)
+        if args.command == "extract-lora":
+            return _extract(args)
         config = config_from_args(args)
         if args.print_config:
             print(config.to_toml())
@@ -145,6 +163,19 @@ def _dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extract(args: argparse.Namespace) -> int:
+    from .errors import SettingsError
+    from .lora.extract import extract_from_files
+
+    if args.rank < 1:
+        raise SettingsError(f"--rank is {args.rank}; it must be at least 1 (typical: 16-128).")
+    if args.out.exists():
+        raise SettingsError(f"{args.out} already exists; choose another --out.")
+    path = extract_from_files(args.base, args.tuned, args.rank, args.out, text_encoder=not args.unet_only)
+    print(f"Saved {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def _train(config: TrainConfig, args: argparse.Namespace) -> int:
     import torch
 
@@ -171,6 +202,8 @@ def _train(config: TrainConfig, args: argparse.Namespace) -> int:
     for extra in result.files:
         if extra != result.path:
             print(f"  epoch file {extra}")
+    if result.extracted_lora is not None:
+        print(f"  extracted LoRA {result.extracted_lora}")
     return 0
 
 

@@ -25,6 +25,7 @@ SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomia
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 SAVE_DTYPES = ("fp16", "bf16", "fp32")
 PREDICTION_TYPES = ("auto", "epsilon", "v_prediction")
+METHODS = ("lora", "full")  # full = DreamBooth fine-tune of the weights themselves, written as a checkpoint
 
 
 @dataclass
@@ -54,6 +55,7 @@ class DataSettings:
 
 @dataclass
 class NetworkSettings:
+    method: str = "lora"  # "full": train the model's weights and write a checkpoint (rank/alpha unused)
     rank: int = 32
     alpha: float = 16.0
     conv_rank: int = 0  # > 0 adds the UNet's 3x3 convs (LoCon-style)
@@ -98,6 +100,8 @@ class OutputSettings:
     save_dtype: str = "fp16"
     overwrite: bool = False  # replace an existing <name>.safetensors
     runs_dir: str = ""  # resume state, logs and config of runs; empty = <output_dir>/lora_studio_runs
+    extract_lora_rank: int = 0  # method "full": also write a LoRA of this rank from the difference (0 = no)
+    extract_lora_dir: str = ""  # where that LoRA goes; empty = the Lora folder beside output_dir
 
 
 @dataclass
@@ -193,6 +197,11 @@ def _validate(c: TrainConfig, need_checkpoint: bool) -> None:
     _require(o.warmup_steps >= 0, "optimizer.warmup_steps cannot be negative.")
     _require(o.restarts >= 1, "optimizer.restarts must be at least 1.")
     _require(o.max_grad_norm >= 0, "optimizer.max_grad_norm cannot be negative (0 = no clipping).")
+    _one_of(n.method, METHODS, "network.method")
+    _require(c.output.extract_lora_rank >= 0, "output.extract_lora_rank cannot be negative (0 = no LoRA).")
+    _require(c.output.extract_lora_rank == 0 or n.method == "full",
+             "output.extract_lora_rank extracts a LoRA from a full fine-tune; set network.method = \"full\" "
+             "or leave it at 0.")
     _one_of(o.optimizer, OPTIMIZERS, "optimizer.optimizer")
     _one_of(o.scheduler, SCHEDULERS, "optimizer.scheduler")
     _require(t.epochs >= 1 or t.max_steps >= 1, "Set train.epochs (>= 1) or train.max_steps (>= 1).")

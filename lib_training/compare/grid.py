@@ -6,6 +6,9 @@ prompt, the base model and `extra` settings (clip skip, VAE, ...) are the same f
 
 Weight 0 means "the base model": such a cell carries no LoRA at all (no `<lora:...>` tag), so
 its image is generated once per prompt/seed/sampler and shared by every file of the grid.
+
+A file may also be a checkpoint (the epochs of a full fine-tune): weight 1 is that checkpoint,
+weight 0 the loaded base model; the generator switches checkpoints instead of adding a tag.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class LoraFile:
 
     path: Path
     label: str = ""
+    checkpoint: bool = False  # a whole model (a full fine-tune's epoch), not a LoRA
 
     @property
     def name(self) -> str:
@@ -147,6 +151,13 @@ class GridSpec:
             raise SettingsError(f"Image size {self.width}x{self.height} is too small.")
         if not any(p.strip() for p in self.all_prompts):
             raise SettingsError("Every prompt of the comparison is empty. Write at least one prompt.")
+        if any(f.checkpoint for f in self.files):
+            if not all(f.checkpoint for f in self.files):
+                raise SettingsError("A comparison holds LoRA files or checkpoints, not both. Compare them apart.")
+            odd = [w for w in self.weights if _clean_weight(w) not in (0.0, 1.0)]
+            if odd:
+                raise SettingsError(f"Weight {odd[0]:g} means nothing for a checkpoint: use 0 (the loaded model) "
+                                    "and 1 (the fine-tuned checkpoint).")
         for lora in self.files:
             path = Path(lora.path)
             if path.suffix.lower() != ".safetensors":
@@ -183,7 +194,7 @@ class CellRequest:
 
     @property
     def prompt(self) -> str:
-        if self.lora is None:
+        if self.lora is None or self.lora.checkpoint:  # a checkpoint is switched to, not named in the prompt
             return self.user_prompt
         tag = f"<lora:{self.lora.name}:{format_weight(self.weight)}>"
         return f"{self.user_prompt}, {tag}" if self.user_prompt else tag
@@ -211,7 +222,10 @@ class CellRequest:
         if self.base_model_name:
             pairs.append(("Model", self.base_model_name))
         pairs.extend(self.extra)
-        if self.lora is not None:
+        if self.lora is not None and self.lora.checkpoint:
+            pairs = [(k, v) for k, v in pairs if k not in ("Model hash", "Model")]
+            pairs += [("Model hash", self.lora_sha256[:10]), ("Model", self.lora.name)]
+        elif self.lora is not None:
             pairs.append(("Lora hashes", f"{self.lora.name}: {self.lora_addnet_hash[:12]}"))
             pairs.append(("Lora sha256", f"{self.lora.name}: {self.lora_sha256}"))
         text = self.prompt
@@ -281,17 +295,18 @@ def baseline_requests(spec: GridSpec, cells: Sequence[GridCell]) -> list[CellReq
     return list(seen.values())
 
 
-def run_files(folder: Path, name: str) -> list[LoraFile]:
-    """All files of a run in `folder`: `<name>-000004.safetensors` by epoch, then the final `<name>.safetensors`."""
+def run_files(folder: Path, name: str, checkpoints: bool = False) -> list[LoraFile]:
+    """All files of a run in `folder`: `<name>-000004.safetensors` by epoch, then the final `<name>.safetensors`
+    (`checkpoints`: a full fine-tune's, in the checkpoint folder)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise SettingsError(f"The LoRA folder {folder} does not exist. Check the output folder of the run.")
     pattern = re.compile(rf"^{re.escape(name)}-(\d{{6}})\.safetensors$")
     epochs = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := pattern.match(p.name)) and p.is_file())
-    files = [LoraFile(p, f"{name} epoch {e}") for e, p in epochs]
+    files = [LoraFile(p, f"{name} epoch {e}", checkpoints) for e, p in epochs]
     final = folder / f"{name}.safetensors"
     if final.is_file():
-        files.append(LoraFile(final, f"{name} (final)"))
+        files.append(LoraFile(final, f"{name} (final)", checkpoints))
     if not files:
         raise SettingsError(f"No LoRA files of the run {name!r} in {folder} ({name}.safetensors or "
                             f"{name}-000001.safetensors ...). Check the name, or pick files one by one.")

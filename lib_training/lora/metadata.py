@@ -100,6 +100,30 @@ def build_metadata(config: TrainConfig, model: ModelInfo, facts: RunFacts) -> di
     return {key: _text(value) for key, value in meta.items() if value is not None}
 
 
+def extracted_metadata(name: str, base: ModelInfo, tuned_name: str, rank: int, text_encoder: bool) -> dict[str, str]:
+    """A LoRA extracted from two checkpoints: what a loader needs (network, base model) and where it came from."""
+    meta = {
+        "ss_output_name": name,
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": rank,
+        "ss_network_alpha": rank,
+        "ss_network_train_unet_only": not text_encoder,
+        "ss_v2": base.family == "sd2",
+        "ss_v_parameterization": base.prediction_type == V_PREDICTION,
+        "ss_base_model_version": base.base_model_version,
+        "ss_sd_model_name": base.name,
+        "ss_sd_model_hash": base.legacy_hash,
+        "ss_new_sd_model_hash": base.sha256,
+        "ss_training_comment": f"extracted (SVD, rank {rank}) from {tuned_name} minus {base.name} with LoRA Studio",
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": base.modelspec_architecture,
+        "modelspec.implementation": "diffusers",
+        "modelspec.title": name,
+        "modelspec.date": datetime.datetime.now().isoformat(),
+    }
+    return {key: _text(value) for key, value in meta.items()}
+
+
 def _number(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
 

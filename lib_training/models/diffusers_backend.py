@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -24,6 +24,8 @@ class DiffusersAdapter:
         self.info = info
         self.vae_scaling_factor = vae_scaling_factor or getattr(vae.config, "scaling_factor", 0.18215)
         self._alphas_cumprod = scaled_linear_alphas_cumprod().to(self.device)
+        # unet / vae / text kwargs of a non-standard (tiny) model, written into checkpoints made from it
+        self.configs: dict | None = None
 
     @property
     def device(self) -> torch.device:
@@ -65,6 +67,16 @@ class DiffusersAdapter:
         """Blocks whose activations are recomputed under gradient checkpointing."""
         units = [m for m in self._unet.modules() if type(m).__name__ in ("ResnetBlock2D", "Transformer2DModel")]
         return units + list(_text_root(self._text_encoder).encoder.layers)
+
+    def original_layout_state_dict(self, value: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+                                   ) -> dict[str, torch.Tensor]:
+        """The whole model in the single-file (ldm) layout; `value` maps each weight to what is written
+        (the trainer's fp32 master for a trained weight)."""
+        from .ldm_convert import diffusers_to_ldm
+
+        parts = [{k: value(v) for k, v in m.state_dict(keep_vars=True).items()}
+                 for m in (self._unet, self._vae, self._text_encoder)]
+        return diffusers_to_ldm(*parts, dict(self._unet.config), dict(self._vae.config), self.info.family)
 
     def prepared_for_training(self) -> contextlib.nullcontext:
         return contextlib.nullcontext()

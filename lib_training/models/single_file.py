@@ -64,6 +64,8 @@ def load_checkpoint(path: Path, prediction_type: str = "auto", clip_skip: int = 
                      legacy_hash=webui_legacy_hash(path), sha256=file_sha256(path), clip_skip=clip_skip)
     adapter = DiffusersAdapter(unet, vae, text_encoder, load_clip_tokenizer(tokenizer_dir), info,
                                vae_scaling_factor=configs["vae"].get("scaling_factor", 0.18215))
+    if CONFIG_METADATA_KEY in metadata:  # a non-standard model: checkpoints made from it carry its configs too
+        adapter.configs = configs
     return adapter.to(device, dtype)
 
 

@@ -70,7 +70,10 @@ def _reinit_zero_outputs(unet: torch.nn.Module) -> None:
 
 
 def tiny_adapter(family: str = "sd1", seed: int = 0, prediction_type: str | None = None) -> DiffusersAdapter:
-    unet, vae, text_encoder = build_models(tiny_unet_config(family), tiny_vae_config(), tiny_text_config(family), seed)
+    configs = {"unet": tiny_unet_config(family), "vae": tiny_vae_config(), "text": tiny_text_config(family)}
+    unet, vae, text_encoder = build_models(configs["unet"], configs["vae"], configs["text"], seed)
     prediction = prediction_type or (EPSILON if family == "sd1" else V_PREDICTION)
     info = ModelInfo(family=family, prediction_type=prediction, name=f"tiny-{family}")
-    return DiffusersAdapter(unet, vae, text_encoder, load_clip_tokenizer(), info)
+    adapter = DiffusersAdapter(unet, vae, text_encoder, load_clip_tokenizer(), info)
+    adapter.configs = configs
+    return adapter

@@ -24,6 +24,7 @@ from ..models.adapter import ModelAdapter
 from ..seeding import derived_seed, generator
 from . import events as ev
 from .cpu_tuning import tuned_layers
+from .full import FullFineTune, check_extract_target, is_full, write_checkpoint, write_extracted_lora
 from .guard import frozen, gradient_checkpointing
 from .loss import add_noise, min_snr_weights, per_sample_mse, sample_noise, target_for
 from .optim import build_optimizer
@@ -58,6 +59,7 @@ class TrainResult:
     seconds: float
     final_loss: float
     losses: list[tuple[int, float]] = field(default_factory=list)
+    extracted_lora: Path | None = None  # method "full" with output.extract_lora_rank
 
 
 def train(config: TrainConfig, model: ModelAdapter, on_event: ev.EventSink | None = None,
@@ -68,6 +70,8 @@ def train(config: TrainConfig, model: ModelAdapter, on_event: ev.EventSink | Non
     state = load_state(plan.run_dir) if resume else None
     if state is not None:
         _check_resumable(state, config, plan)
+    elif not resume:
+        check_extract_target(config)
     trainer = _Trainer(config, model, plan, on_event or (lambda event: None), cancel or ev.CancelToken())
     return trainer.run(state)
 
@@ -94,6 +98,7 @@ class _Trainer:
         self.device = model.device
         self.autocast_dtype = _autocast_dtype(config.train.mixed_precision, self.device)
         self.train_text_encoder = config.network.train_text_encoder and config.optimizer.text_encoder_lr > 0
+        self.full = is_full(config)  # the weights themselves, not a LoRA (train/full.py)
         self.cond_cache: dict[str, torch.Tensor] | None = (
             {} if not self.train_text_encoder and not config.data.shuffle_captions
             and config.data.caption_dropout == 0 else None)
@@ -127,7 +132,9 @@ class _Trainer:
             atomic_write_text(self.plan.run_dir / "config.toml", self.c.to_toml())
             return self._loop(start_step)
 
-    def _make_network(self) -> LoraNetwork:
+    def _make_network(self) -> LoraNetwork | FullFineTune:
+        if self.full:
+            return FullFineTune(self.model, self.train_text_encoder)
         n = self.c.network
         shape = NetworkShape(n.rank, n.alpha, n.conv_rank, n.conv_alpha, n.train_text_encoder)
         with torch.random.fork_rng(devices=[]):
@@ -160,7 +167,10 @@ class _Trainer:
         else:
             for p in te_params:
                 p.requires_grad_(False)
-        return build_optimizer(o, groups, self.device)
+        optimizer = build_optimizer(o, groups, self.device)
+        if self.full:
+            self.network.follow(optimizer)
+        return optimizer
 
     def _restore(self, state: ResumeState) -> int:
         self.network.load_kohya_state_dict(state.lora, source="the saved run")
@@ -323,11 +333,16 @@ class _Trainer:
             self.emit(ev.EpochSaved(epoch, path))
 
     def _save(self, path: Path, epoch: int, step: int) -> Path:
-        tensors = self.network.kohya_state_dict(SAVE_DTYPES[self.c.output.save_dtype])
-        if not all(torch.isfinite(v).all() for v in tensors.values()):
+        dtype = SAVE_DTYPES[self.c.output.save_dtype]
+        tensors = None if self.full else self.network.kohya_state_dict(dtype)
+        finite = self.network.all_finite() if self.full else all(torch.isfinite(v).all() for v in tensors.values())
+        if not finite:
             self._stop_on_nan(step - 1, float("nan"))
         self.facts.epoch, self.facts.steps, self.facts.finished_at = epoch, step, time.time()
-        save_lora(path, tensors, build_metadata(self.c, self.model.info, self.facts))
+        if self.full:
+            write_checkpoint(path, self.model, self.network, self.c, self.facts, dtype)
+        else:
+            save_lora(path, tensors, build_metadata(self.c, self.model.info, self.facts))
         self.files.append(path)
         return path
 
@@ -346,8 +361,12 @@ class _Trainer:
         epochs_done = min(self.plan.epochs, math.ceil(step * self.c.train.grad_accumulation
                                                       / self.plan.batches_per_epoch))
         path = self._save(self.plan.final_file(self.c.output.name), epochs_done, step)
+        lora = None
+        if self.full and self.c.output.extract_lora_rank:
+            lora = write_extracted_lora(self.model, self.network, self.c, self.facts)
+            self.emit(ev.Message(f"Extracted a rank-{self.c.output.extract_lora_rank} LoRA: {lora}"))
         self.emit(ev.Finished(path, step, seconds, last_loss, tuple(self.files)))
-        return TrainResult(path, list(self.files), step, seconds, last_loss, list(self.losses))
+        return TrainResult(path, list(self.files), step, seconds, last_loss, list(self.losses), lora)
 
     def _append_log(self, entries: list[tuple[int, float]]) -> None:
         with open(self.plan.run_dir / LOG_FILE, "a", encoding="utf-8") as f:

@@ -63,6 +63,8 @@ class Backend:
     compare: Optional[Callable[[dict], dict]] = None
     # Class images for a dataset (class_images.class_images_from_api): body -> result JSON; waits for the queue
     class_images: Optional[Callable[[dict], dict]] = None
+    # models/Stable-diffusion: where a full fine-tune ("method": "full") writes its checkpoints
+    checkpoint_dir: Optional[Callable[[], Path]] = None
 
 
 def parse_api_auth(api_auth: Optional[str]) -> dict[str, str]:
@@ -98,7 +100,8 @@ def v1_router(backend: Backend, credentials: dict[str, str]) -> APIRouter:
         if backend.service().status().active:
             raise HTTPException(status_code=409, detail=_busy_message(backend.service().status()))
         try:
-            request = form.config_from_request(body, backend.lora_dir(), backend.runs_dir())
+            checkpoints = backend.checkpoint_dir() if backend.checkpoint_dir else None
+            request = form.config_from_request(body, backend.lora_dir(), backend.runs_dir(), checkpoints)
             form.check_before_start(request.config, request.resume)
             status = backend.start(request.config, request.resume)
         except AlreadyRunning as error:
@@ -199,7 +202,7 @@ def on_app_started(demo, app: FastAPI) -> None:
 
     backend = Backend(service=runtime.get_service, start=runtime.start_from_api, lora_dir=runtime.lora_dir,
                       runs_dir=runtime.runs_dir, loader_report=a1111_loader_report, compare=compare_from_api,
-                      class_images=class_images_from_api)
+                      class_images=class_images_from_api, checkpoint_dir=runtime.checkpoint_dir)
     opts = shared.cmd_opts
     register(app, backend, getattr(opts, "api_auth", None),
              public_api=bool(getattr(opts, "api", False) or getattr(opts, "nowebui", False)))

@@ -19,6 +19,7 @@ from ...errors import CheckpointError, SettingsError, TrainingError
 from ...models.adapter import ModelInfo
 from ...train import events as ev
 from ...train.host_memory import return_freed_memory
+from ...train.full import is_full
 from ...train.loop import TrainResult, train
 from .ldm_adapter import LdmAdapter, ldm_family, prediction_type
 
@@ -37,6 +38,14 @@ def check_supported(sd_model, cmd_opts, device: torch.device) -> None:
     if device.type == "cpu" and torch.float16 in dtypes:
         raise SettingsError("The model is in half precision on the CPU, where training needs fp32. "
                             "Start the WebUI with --no-half (or --precision full --no-half).")
+
+
+def check_full_supported(config: TrainConfig, cmd_opts) -> None:
+    """A full fine-tune keeps its fp32 masters beside the weights: the UNet cannot move between
+    devices block by block under it."""
+    if is_full(config) and (getattr(cmd_opts, "medvram", False) or getattr(cmd_opts, "medvram_sdxl", False)):
+        raise SettingsError("A full fine-tune (DreamBooth) needs the whole UNet on the GPU, and the WebUI runs with "
+                            "--medvram. Restart without --medvram, or train a LoRA instead (it works with --medvram).")
 
 
 def model_info(sd_model, clip_skip: int) -> ModelInfo:
@@ -127,6 +136,7 @@ def webui_adapter(config: TrainConfig) -> tuple[LdmAdapter, TrainConfig, list[st
 
     sd_model = shared.sd_model
     check_supported(sd_model, shared.cmd_opts, devices.device)
+    check_full_supported(config, shared.cmd_opts)
     clip_skip = int(getattr(shared.opts, "CLIP_stop_at_last_layers", 1) or 1)
     adapter = LdmAdapter(sd_model, model_info(sd_model, clip_skip), device=devices.device)
     config, notes = fit_to_model(config, adapter)

@@ -9,7 +9,7 @@ hijacked one (where `cond_stage_model` is A1111's prompt wrapper).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -34,6 +34,11 @@ def ldm_family(sd_model) -> str:
     if encoder is None or context_dim == 1024:
         return "sd2"
     return "sd1"
+
+
+def unwrapped_key(key: str) -> str:
+    """'cond_stage_model.wrapped.transformer...token_embedding.wrapped.weight' -> the checkpoint's key."""
+    return ".".join(part for part in key.split(".") if part != "wrapped")
 
 
 def prediction_type(sd_model) -> str:
@@ -92,6 +97,17 @@ class LdmAdapter:
         if transformer is not None:
             units += list(transformer.text_model.encoder.layers)
         return units
+
+    def original_layout_state_dict(self, value: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+                                   ) -> dict[str, torch.Tensor]:
+        """The loaded model as a checkpoint file holds it (a full fine-tune's output): A1111's wrappers
+        (`cond_stage_model.wrapped`, the embeddings' `token_embedding.wrapped`) taken out of the names,
+        the schedule as trained on. `value` maps each weight to what is written (the trainer's masters)."""
+        state = {unwrapped_key(k): value(v) for k, v in self.sd_model.state_dict(keep_vars=True).items()}
+        original = getattr(self.sd_model, "alphas_cumprod_original", None)
+        if original is not None and "alphas_cumprod" in state:
+            state["alphas_cumprod"] = original
+        return state
 
     @contextmanager
     def prepared_for_training(self) -> Iterator[None]:

@@ -40,6 +40,10 @@ def describe_settings(config: TrainConfig, steps: Optional[int] = None) -> str:
     conv = f", conv rank {n.conv_rank}/alpha {n.conv_alpha:g}" if n.conv_rank else ""
     method = "DreamBooth-LoRA with class images" if d.reg_dir else "LoRA"
     length = f"{steps} steps" if steps else (f"{t.max_steps} steps" if t.max_steps else f"{t.epochs} epochs")
+    if n.method == "full":
+        classes = "with class images" if d.reg_dir else "without class images"
+        return (f"DreamBooth full fine-tune ({classes}) with LoRA Studio: {o.optimizer} UNet lr {o.unet_lr:g}, {te}, "
+                f"{o.scheduler} schedule, {length}, batch {t.batch_size}, {d.resolution} px, seed {t.seed}.")
     return (f"{method} trained with LoRA Studio: rank {n.rank}/alpha {n.alpha:g}{conv}, {o.optimizer} UNet lr "
             f"{o.unet_lr:g}, {te}, {o.scheduler} schedule, {length}, batch {t.batch_size}, {d.resolution} px, "
             f"seed {t.seed}.")
@@ -145,9 +149,20 @@ def refresh_lora_list() -> bool:
     return True
 
 
+def refresh_checkpoint_list() -> bool:
+    """A1111 lists its checkpoints again, so a full fine-tune's files can be picked at once (the
+    dropdown's refresh button, or the next page load, shows them); False outside the WebUI."""
+    try:
+        from modules import sd_models
+    except ImportError:
+        return False
+    sd_models.list_models()
+    return True
+
+
 def publish_run_outputs(files: list, config: TrainConfig, steps: Optional[int] = None,
                         preview_image: Union[Path, str, None] = None,
-                        preferred_weight: float = DEFAULT_PREFERRED_WEIGHT) -> list[Path]:
+                        preferred_weight: float = DEFAULT_PREFERRED_WEIGHT, refresh: bool = True) -> list[Path]:
     """User metadata for every LoRA file of a run, the preview for the final one, then a list refresh.
 
     `files`: the run's LoRA files, the final `<name>.safetensors` among them when it finished.
@@ -161,6 +176,6 @@ def publish_run_outputs(files: list, config: TrainConfig, steps: Optional[int] =
         written.append(write_user_metadata(file, config, preferred_weight, steps))
         if preview_image and file.name == final_name and Path(preview_image).is_file():
             written.append(write_preview(file, preview_image))
-    if written:
+    if written and refresh:
         refresh_lora_list()
     return written

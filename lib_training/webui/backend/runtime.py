@@ -19,6 +19,7 @@ from typing import Iterator
 from ...config import TrainConfig
 from ...fileio import atomic_write_bytes
 from ...train import events as ev
+from ...train.full import extracted_lora_path, is_full
 from . import bridge
 from .service import FINISHED, RunStatus, TrainingService
 
@@ -42,6 +43,13 @@ def lora_dir() -> Path:
     from modules import paths, shared
 
     return Path(getattr(shared.cmd_opts, "lora_dir", None) or os.path.join(paths.models_path, "Lora"))
+
+
+def checkpoint_dir() -> Path:
+    """A1111's models/Stable-diffusion (or --ckpt-dir): where a full fine-tune's checkpoints go."""
+    from modules import paths, shared
+
+    return Path(getattr(shared.cmd_opts, "ckpt_dir", None) or os.path.join(paths.models_path, "Stable-diffusion"))
 
 
 def runs_dir() -> Path:
@@ -78,7 +86,11 @@ def start_from_api(config: TrainConfig, resume: bool = False) -> RunStatus:
 
 def for_webui(config: TrainConfig) -> TrainConfig:
     """Where a WebUI run writes: the LoRA into the Lora folder, run state into runs_dir()."""
-    output = dataclasses.replace(config.output, output_dir=str(lora_dir()), runs_dir=str(runs_dir()))
+    if is_full(config):  # the checkpoint beside the others; an extracted LoRA into the Lora folder
+        output = dataclasses.replace(config.output, output_dir=str(checkpoint_dir()), runs_dir=str(runs_dir()),
+                                     extract_lora_dir=str(lora_dir()))
+    else:
+        output = dataclasses.replace(config.output, output_dir=str(lora_dir()), runs_dir=str(runs_dir()))
     train = config.train
     if not train.sample_prompts:  # a final sample is the card's preview
         train = dataclasses.replace(train, sample_prompts=[config.output.trigger_word or config.output.name])
@@ -195,4 +207,11 @@ def _finish(status: RunStatus, config: TrainConfig) -> None:
 
     files = status.files + ([status.result] if status.state == FINISHED and status.result else [])
     preview = status.samples[-1][1] if status.samples else None
+    if is_full(config):  # checkpoints: cards too (A1111 shows them on its Checkpoints page), then its list
+        outputs.publish_run_outputs(files, config, steps=status.step, preview_image=preview, refresh=False)
+        outputs.refresh_checkpoint_list()
+        lora = extracted_lora_path(config) if config.output.extract_lora_rank else None
+        if status.state == FINISHED and lora is not None and lora.is_file():
+            outputs.publish_run_outputs([lora], config, steps=status.step, preview_image=preview)
+        return
     outputs.publish_run_outputs(files, config, steps=status.step, preview_image=preview)

@@ -23,6 +23,7 @@ SOURCE_RUN = "A training run (all its epoch files)"
 SOURCE_FILES = "Files from the Lora folder"
 SOURCES = (SOURCE_RUN, SOURCE_FILES)
 DEFAULT_WEIGHTS = "0, 0.25, 0.5, 0.75, 1"
+FULL_RUN_WEIGHTS = "0, 1"  # a full fine-tune's checkpoint has no weight: 0 = the loaded model, 1 = the checkpoint
 DEFAULT_SEEDS = "1, 2"
 DEFAULT_SAMPLER = "Euler a"
 DEFAULT_STEPS = 20
@@ -171,8 +172,29 @@ def lora_file_choices(lora_dir: Path) -> list[str]:
     return sorted(found, key=str.lower)
 
 
+def is_full_run(record: RunRecord) -> bool:
+    return record.config.network.method == "full"
+
+
+def run_checkpoint_files(record: RunRecord, folders: Folders) -> list[LoraFile]:
+    """A full fine-tune's epoch checkpoints and final one; they must be where A1111 finds checkpoints."""
+    name, root = record.config.output.name, folders.checkpoint_dir
+    candidates = [Path(p) for p in (record.config.output.output_dir, root) if p]
+    folder = next((c for c in candidates if c.is_dir() and _has_run_files(c, name)), None)
+    if folder is None or root is None:
+        raise SettingsError(f"The full fine-tune {name!r} has no checkpoints yet ({name}-000001.safetensors ... "
+                            f"or {name}.safetensors) in the WebUI's checkpoint folder. Train at least one epoch "
+                            "with 'save every N epochs' set.")
+    files = run_files(folder, name, checkpoints=True)
+    for checkpoint in files:
+        _require_inside(Path(checkpoint.path), root, "checkpoint", "checkpoints")
+    return files
+
+
 def run_lora_files(record: RunRecord, folders: Folders) -> list[LoraFile]:
-    """The run's epoch files and final file; they must be where A1111 finds LoRAs."""
+    """The run's epoch files and final file; they must be where A1111 finds LoRAs (or checkpoints)."""
+    if is_full_run(record):
+        return run_checkpoint_files(record, folders)
     name = record.config.output.name
     candidates = [Path(record.config.output.output_dir)] if record.config.output.output_dir else []
     candidates.append(Path(folders.lora_dir))
@@ -215,12 +237,16 @@ def _glob_escape(text: str) -> str:
 
 
 def _require_in_lora_dir(path: Path, lora_dir: Path) -> None:
-    root = Path(lora_dir).resolve()
+    _require_inside(path, lora_dir, "Lora", "LoRAs (as <lora:name:weight>)")
+
+
+def _require_inside(path: Path, folder: Path, what: str, loads: str) -> None:
+    root = Path(folder).resolve()
     try:
         Path(path).resolve().relative_to(root)
     except ValueError:
-        raise SettingsError(f"{path} is outside the WebUI's Lora folder {root}; A1111 applies LoRAs from that "
-                            "folder only (as <lora:name:weight>). Copy the file there first.") from None
+        raise SettingsError(f"{path} is outside the WebUI's {what} folder {root}; A1111 loads {loads} from that "
+                            "folder only. Copy the file there first.") from None
 
 
 # ---- defaults from a run or from files ---------------------------------------------------------
@@ -236,6 +262,7 @@ class Defaults:
     files: list[str] = field(default_factory=list)  # labels of the files that will be compared
     curve_runs: list[str] = field(default_factory=list)
     message: str = ""
+    weights: str = ""  # "0, 1" for a full fine-tune's checkpoints (the loaded model, the checkpoint); "" = keep
 
 
 def run_defaults(name: str, folders: Folders) -> Defaults:
@@ -248,7 +275,8 @@ def run_defaults(name: str, folders: Folders) -> Defaults:
     prompts, class_prompt = default_prompts(trigger, class_word, first_caption(config.data.train_dir))
     defaults = Defaults(prompts=prompts, class_prompt=class_prompt, trigger_words=trigger,
                         training_dir=config.data.train_dir, size=int(config.data.resolution or DEFAULT_SIZE),
-                        curve_runs=[record.name] if record.losses else [])
+                        curve_runs=[record.name] if record.losses else [],
+                        weights=FULL_RUN_WEIGHTS if is_full_run(record) else "")
     try:
         files = run_lora_files(record, folders)
         defaults.files = [f.display for f in files]
@@ -337,6 +365,8 @@ def with_defaults(request: CompareRequest, folders: Folders, given: Optional[Ite
         run_defaults(request.run, folders)
     given = set(given) if given is not None else None
     values = {}
+    if defaults.weights and ("weights" not in given if given is not None else request.weights == DEFAULT_WEIGHTS):
+        values["weights"] = defaults.weights
     for key, default in (("prompts", defaults.prompts), ("class_prompt", defaults.class_prompt),
                          ("trigger_words", defaults.trigger_words), ("training_dir", defaults.training_dir),
                          ("width", defaults.size), ("height", defaults.size)):

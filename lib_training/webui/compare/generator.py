@@ -55,12 +55,15 @@ class WebUIStop:
 
 
 class A1111Generator:
-    """A grid cell -> A1111's txt2img on the loaded model, pinned to `checkpoint` (its title)."""
+    """A grid cell -> A1111's txt2img on the loaded model, pinned to `checkpoint` (its title); a cell of a
+    full fine-tune's checkpoint is pinned to that checkpoint instead (A1111 loads it once for its cells in a
+    row), and `back_to_users_checkpoint` loads the user's own again at the end."""
 
     def __init__(self, checkpoint: str) -> None:
         self.checkpoint = checkpoint
         self.pending = 0
         self.made = 0
+        self.switched = False
 
     def expect(self, pending: int, total: int) -> None:
         """Called once before the run: A1111's progress bar counts the images still to make."""
@@ -84,7 +87,7 @@ class A1111Generator:
             sd_model=shared.sd_model, prompt=cell.prompt, negative_prompt=cell.negative_prompt, seed=cell.seed,
             subseed=-1, subseed_strength=0, sampler_name=cell.sampler, steps=cell.steps, cfg_scale=cell.cfg_scale,
             width=cell.width, height=cell.height, batch_size=1, n_iter=1, do_not_save_samples=True,
-            do_not_save_grid=True, override_settings={"sd_model_checkpoint": self.checkpoint})
+            do_not_save_grid=True, override_settings={"sd_model_checkpoint": self._pin(cell)})
         try:
             processed = processing.process_images(p)
         finally:
@@ -96,6 +99,35 @@ class A1111Generator:
             raise LoraStudioError(f"A1111 returned no image for {cell.prompt!r} (seed {cell.seed}).")
         self.made += 1
         return processed.images[0].convert("RGB")
+
+
+    def _pin(self, cell: CellRequest) -> str:
+        if cell.lora is None or not cell.lora.checkpoint:
+            return self.checkpoint
+        self.switched = True
+        return checkpoint_title(Path(cell.lora.path))
+
+    def back_to_users_checkpoint(self) -> None:
+        """process_images puts the checkpoint *setting* back after each image, not the weights: load them."""
+        if self.switched:
+            from modules import sd_models
+
+            sd_models.reload_model_weights()
+            self.switched = False
+
+
+def checkpoint_title(path: Path) -> str:
+    """A1111's title for a checkpoint file (what `sd_model_checkpoint` takes), listing the folder again once."""
+    from modules import sd_models
+
+    for attempt in range(2):
+        for info in sd_models.checkpoints_list.values():
+            if Path(info.filename).resolve() == Path(path).resolve():
+                return info.title
+        if attempt == 0:
+            sd_models.list_models()
+    raise CheckpointError(f"{Path(path).name} is not in A1111's checkpoint list; put it in models/Stable-diffusion "
+                          "and refresh the checkpoint list.")
 
 
 def _stopped(state) -> bool:
@@ -169,7 +201,8 @@ def webui_context() -> CompareContext:
 
     info = shared.sd_model.sd_checkpoint_info
     folder = compare_dir()
-    return CompareContext(folders=Folders(runtime.lora_dir(), runtime.runs_dir()), cache_dir=folder / "cache",
+    return CompareContext(folders=Folders(runtime.lora_dir(), runtime.runs_dir(), runtime.checkpoint_dir()),
+                          cache_dir=folder / "cache",
                           output_dir=folder, base_model_hash=checkpoint_identity(info),
                           base_model_name=getattr(info, "name_for_extra", "") or "",
                           extra=settings_that_change_images())
@@ -319,6 +352,7 @@ def compare_in_webui(request: CompareRequest) -> CompareOutcome:
         outcome = run_compare(request, context, generator, embedder, cancel=WebUIStop(), on_plan=generator.expect)
     finally:
         _active.clear()
+        generator.back_to_users_checkpoint()
         for e in used:
             release_embedder(e)
     return outcome
@@ -346,7 +380,8 @@ def compare_from_api(body: dict) -> dict:
     body = dict(body) if isinstance(body, dict) else body
     images = bool(body.pop("images", True)) if isinstance(body, dict) else True
     request = CompareRequest.from_json(body)
-    request = with_defaults(request, Folders(runtime.lora_dir(), runtime.runs_dir()), given=body.keys())
+    request = with_defaults(request, Folders(runtime.lora_dir(), runtime.runs_dir(), runtime.checkpoint_dir()),
+                            given=body.keys())
     with compare_job():
         outcome = compare_in_webui(request)
     return outcome_to_json(outcome, images=images)

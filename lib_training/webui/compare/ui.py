@@ -36,7 +36,7 @@ def _generator():
 def _folders() -> Folders:
     from ..backend import runtime
 
-    return Folders(runtime.lora_dir(), runtime.runs_dir())
+    return Folders(runtime.lora_dir(), runtime.runs_dir(), runtime.checkpoint_dir())
 
 
 def _embedder_words() -> str:
@@ -154,11 +154,13 @@ def create_compare_tab(tab=None) -> None:
         request = request_from(*form_values)
         request.prompts, request.class_prompt = defaults.prompts, defaults.class_prompt
         request.width = request.height = defaults.size
+        request.weights = defaults.weights or request.weights  # a full fine-tune's checkpoints: 0 and 1
         return (defaults.message, defaults.prompts, defaults.class_prompt, defaults.trigger_words,
                 defaults.training_dir, defaults.size, defaults.size, gr.update(value=defaults.curve_runs),
+                gr.update(value=defaults.weights) if defaults.weights else gr.update(),
                 actions.plan_text(request, _folders()))
 
-    filled = [files_info, prompts, class_prompt, trigger, training_dir, width, height, curve_runs, plan]
+    filled = [files_info, prompts, class_prompt, trigger, training_dir, width, height, curve_runs, weights, plan]
 
     def choose_run(name, *form_values):
         if not name:

@@ -26,6 +26,7 @@ from ..backend.service import CANCELLED, FAILED, FINISHED, RunStatus
 class Folders:
     lora_dir: Path
     runs_dir: Path
+    checkpoint_dir: Optional[Path] = None  # models/Stable-diffusion: a full fine-tune's checkpoints
 
     @property
     def run_roots(self) -> list[Path]:
@@ -48,7 +49,7 @@ def name_status(name: str, overwrite: bool, lora_dir: Path) -> str:
 
 def config_from_form(method: str, values: Sequence[Any], folders: Folders):
     config = form.config_from_values(form.values_from_list(values), method)
-    return form.place_in_webui(config, folders.lora_dir, folders.runs_dir)
+    return form.place_in_webui(config, folders.lora_dir, folders.runs_dir, folders.checkpoint_dir)
 
 
 def estimate_markdown(method: str, values: Sequence[Any], folders: Folders, device: DeviceInfo,
@@ -85,17 +86,21 @@ def start_training(resume: bool, method: str, values: Sequence[Any], folders: Fo
         return StartOutcome(result_html=error_html(form.error_text(error)))
     samples = [(path, f"step {step}") for step, path in status.samples if Path(path).is_file()]
     prompt = ""
-    if status.state == FINISHED:
-        prompt = form.lora_prompt(config.output.name, preferred_weight, config.output.trigger_word)
-    return StartOutcome(samples, prompt, result_html(status), started=True)
+    full = config.network.method == "full"
+    if status.state == FINISHED:  # a new checkpoint is picked at the top of the page, not in the prompt
+        prompt = config.output.trigger_word.strip() if full else form.lora_prompt(
+            config.output.name, preferred_weight, config.output.trigger_word)
+    return StartOutcome(samples, prompt, result_html(status, full), started=True)
 
 
-def result_html(status: RunStatus) -> str:
+def result_html(status: RunStatus, full: bool = False) -> str:
     if status.state == FINISHED:
         files = "".join(f"<li>{html.escape(Path(f).name)}</li>" for f in status.files)
+        where = ("It is in the checkpoint list now (refresh the list at the top of the page and pick it); the "
+                 "model you trained from is loaded as before." if full
+                 else "It is in the Lora list now; <i>Send to txt2img</i> tries it.")
         return (f"<div class='lora-studio-done'>✔ Saved <b>{html.escape(Path(status.result).name)}</b> after "
-                f"{status.step} steps in {format_duration(status.elapsed_s)}. It is in the Lora list now; "
-                f"<i>Send to txt2img</i> tries it.<ul>{files}</ul></div>")
+                f"{status.step} steps in {format_duration(status.elapsed_s)}. {where}<ul>{files}</ul></div>")
     if status.state == CANCELLED:
         return (f"<div class='lora-studio-cancelled'>Stopped at step {status.step}/{status.total_steps}: "
                 f"{html.escape(status.error)}. To continue, tick <i>Resume</i> and press Start with the same "

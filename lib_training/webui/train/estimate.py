@@ -10,7 +10,8 @@ with fp16 autocast and PyTorch SDP attention on the device — measured by the r
 (`DeviceInfo.seconds_per_image_512`), otherwise looked up in `SECONDS_PER_IMAGE_512` (community
 kohya sd-scripts timings for SD 1.5, rounded). Factors: gradient checkpointing ×1.25, text encoder
 trained ×1.1, rank (1 + rank/256) / (1 + 32/256), conv layers ×1.1, latents not cached ×1.15,
-no mixed precision on CUDA ×2, DreamBooth (one class batch per step) ×2, SD 2.x ×1.1.
+no mixed precision on CUDA ×2, DreamBooth (one class batch per step) ×2, SD 2.x ×1.1; a full
+fine-tune (every weight gets a gradient and an optimizer update) ×1.4 instead of the rank factor.
 
 Memory (GPU, or RAM on CPU) is a sum, rough by design (±30%):
     model weights (parameters × 2 bytes in fp16, 4 in fp32)
@@ -21,6 +22,10 @@ Memory (GPU, or RAM on CPU) is a sum, rough by design (±30%):
     +0.2 GB per image when the text encoder trains), × images per micro-batch × (W×H / 512²)
   + the VAE encoder when latents are not cached (1.2 GB per 512² image)
   + 0.8 GB for the CUDA context and allocator slack.
+A full fine-tune replaces the LoRA state by the trained weights' (UNet 860 M, SD1 text encoder 123 M):
+fp32 master (4 bytes, only when the weights are half) + fp32 gradient (4) + the optimizer's state
+(AdamW 8, Lion 4, Prodigy 16, AdamW8bit 2); the originals kept for the restore take RAM (the weights'
+bytes), which counts on the CPU only.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ PARAMETERS = {"sd1": 1.07e9, "sd2": 1.29e9}  # UNet + text encoder + VAE
 LORA_PARAMS_PER_RANK = {"sd1": (0.42e6, 0.166e6), "sd2": (0.44e6, 0.424e6)}  # (UNet, text encoder)
 CONV_PARAMS_PER_RANK = 0.55e6
 OPTIMIZER_BYTES = {"adamw": 16, "lion": 12, "prodigy": 24, "adamw8bit": 10}
+FULL_PARAMS = {"sd1": (0.86e9, 0.123e9), "sd2": (0.866e9, 0.34e9)}  # (UNet, text encoder) trained by "full"
+FULL_TIME_FACTOR = 1.4
 ACTIVATION_GB_512 = 2.8
 ACTIVATION_GB_512_CHECKPOINTED = 0.7
 TEXT_ENCODER_ACTIVATION_GB = 0.2
@@ -176,12 +183,12 @@ def seconds_per_step(config: TrainConfig, device: DeviceInfo, family: str = "sd1
     n, t, d = config.network, config.train, config.data
     base, basis = seconds_per_image_512(device)
     factor = (d.resolution / 512) ** 2 * t.batch_size ** 0.9 * t.grad_accumulation
-    factor *= (1 + n.rank / 256) / (1 + 32 / 256)
+    factor *= FULL_TIME_FACTOR if n.method == "full" else (1 + n.rank / 256) / (1 + 32 / 256)
     if t.gradient_checkpointing:
         factor *= 1.25
     if n.train_text_encoder and config.optimizer.text_encoder_lr > 0:
         factor *= 1.1
-    if n.conv_rank > 0:
+    if n.conv_rank > 0 and n.method != "full":
         factor *= 1.1
     if not d.cache_latents:
         factor *= 1.15
@@ -205,6 +212,14 @@ def memory_gb(config: TrainConfig, device: DeviceInfo, family: str = "sd1") -> t
     train_te = n.train_text_encoder and config.optimizer.text_encoder_lr > 0
     lora_params = n.rank * (unet_per_rank + (te_per_rank if train_te else 0)) + n.conv_rank * CONV_PARAMS_PER_RANK
     lora_state = lora_params * OPTIMIZER_BYTES.get(config.optimizer.optimizer, 16) / GB
+    state_label = "LoRA and optimizer"
+    if n.method == "full":
+        unet_params, te_params = FULL_PARAMS[family]
+        trained = unet_params + (te_params if train_te else 0)
+        per_param = (4 if weight_bytes == 2 else 0) + 4 + OPTIMIZER_BYTES.get(config.optimizer.optimizer, 16) - 8
+        per_param += weight_bytes if device.kind == "cpu" else 0  # the originals, kept in RAM
+        lora_state = trained * per_param / GB
+        state_label = f"full fine-tune state ({per_param} bytes × {trained / 1e6:.0f} M weights)"
     pixels = (d.resolution / 512) ** 2
     per_image = ACTIVATION_GB_512_CHECKPOINTED if t.gradient_checkpointing else ACTIVATION_GB_512
     if device.kind != "cuda" or t.mixed_precision == "no":
@@ -218,7 +233,7 @@ def memory_gb(config: TrainConfig, device: DeviceInfo, family: str = "sd1") -> t
     vae = 0.0 if d.cache_latents else VAE_ENCODE_GB_512 * images * pixels
     context = CONTEXT_GB if device.kind == "cuda" else 0.0
     total = weights + lora_state + activations + vae + context
-    basis = (f"weights {weights:.1f} GB + LoRA and optimizer {lora_state:.2f} GB + activations {activations:.1f} GB "
+    basis = (f"weights {weights:.1f} GB + {state_label} {lora_state:.2f} GB + activations {activations:.1f} GB "
              f"({images} × {per_image:.1f} GB per 512² image)"
              + (f" + VAE {vae:.1f} GB" if vae else "") + (f" + CUDA context {context:.1f} GB" if context else ""))
     return total, basis

@@ -21,7 +21,8 @@ from .presets import DEFAULT_PRESET, Preset, find_preset
 
 METHOD_LORA = "LoRA"
 METHOD_DREAMBOOTH = "DreamBooth-LoRA (class images)"
-METHODS = (METHOD_LORA, METHOD_DREAMBOOTH)
+METHOD_FULL = "DreamBooth (full fine-tune)"  # network.method = "full": a new checkpoint, class images optional
+METHODS = (METHOD_LORA, METHOD_DREAMBOOTH, METHOD_FULL)
 
 # Accordion titles, in display order ("" = always visible at the top of the form).
 MAIN, NETWORK, OPTIMIZER, SCHEDULE, DATA, ADVANCED = (
@@ -35,6 +36,8 @@ WEBUI_MANAGED = {
     "model.tokenizer_dir": "the WebUI uses the loaded model's tokenizer",
     "output.output_dir": "LoRAs always go to the WebUI's Lora folder",
     "output.runs_dir": "set in Settings > LoRA Studio",
+    "output.extract_lora_dir": "an extracted LoRA always goes to the WebUI's Lora folder",
+    "network.method": "chosen by the Method (\"full\" = DreamBooth full fine-tune)",
 }
 
 
@@ -75,6 +78,8 @@ FIELDS: tuple[Field, ...] = (
     Field("network.conv_rank", "Conv rank", "int", NETWORK, "0 = off; > 0 also trains the 3x3 convolutions (LoCon)"),
     Field("network.conv_alpha", "Conv alpha", "float", NETWORK),
     Field("network.train_text_encoder", "Train the text encoder", "bool", NETWORK),
+    Field("output.extract_lora_rank", "Extract a LoRA of rank", "int", NETWORK,
+          "full fine-tune only: 0 = no; > 0 also writes a LoRA of the difference (SVD) into the Lora folder"),
     Field("optimizer.optimizer", "Optimizer", "choice", OPTIMIZER,
           "adamw8bit needs bitsandbytes and CUDA; prodigy needs prodigyopt (lr 1)", OPTIMIZERS),
     Field("optimizer.unet_lr", "UNet learning rate", "float", OPTIMIZER),
@@ -138,6 +143,8 @@ def values_from_config(config: TrainConfig) -> dict[str, Any]:
 
 
 def method_of(config: TrainConfig) -> str:
+    if config.network.method == "full":
+        return METHOD_FULL
     return METHOD_DREAMBOOTH if config.data.reg_dir.strip() else METHOD_LORA
 
 
@@ -168,7 +175,12 @@ def config_from_values(values: Mapping[str, Any], method: str = METHOD_LORA) -> 
             raise SettingsError(f"{key} cannot be set here{hint}. Settings: {', '.join(FIELD_KEYS)}.")
         sections.setdefault(f.section, {})[f.name] = _form_value(f, value)
     config = TrainConfig.from_dict(sections, source="the Train form")
-    if method == METHOD_LORA:
+    config.network.method = "full" if method == METHOD_FULL else "lora"
+    if method != METHOD_FULL:
+        config.output.extract_lora_rank = 0  # the field is shown for the full fine-tune only
+    if method == METHOD_FULL:
+        pass  # class images optional: prior preservation when a folder is given
+    elif method == METHOD_LORA:
         config.data.reg_dir = ""
     elif not config.data.reg_dir:
         raise SettingsError("DreamBooth-LoRA needs a class-image folder (data.reg_dir): give the folder of class "
@@ -207,10 +219,16 @@ def values_from_list(items: Sequence[Any]) -> dict[str, Any]:
 
 # ---- where outputs go ------------------------------------------------------------------------
 
-def place_in_webui(config: TrainConfig, lora_dir: Path, runs_dir: Path) -> TrainConfig:
-    """The config with the WebUI's folders: LoRAs in `lora_dir`, run logs and state in `runs_dir`."""
+def place_in_webui(config: TrainConfig, lora_dir: Path, runs_dir: Path,
+                   checkpoint_dir: Path | None = None) -> TrainConfig:
+    """The config with the WebUI's folders: LoRAs in `lora_dir` (a full fine-tune's checkpoints in
+    `checkpoint_dir`, its extracted LoRA in `lora_dir`), run logs and state in `runs_dir`."""
     config = TrainConfig.from_dict(config.to_dict())
-    config.output.output_dir = str(lora_dir)
+    full = config.network.method == "full"
+    if full and checkpoint_dir is None:
+        raise SettingsError("The WebUI's checkpoint folder is unknown here; a full fine-tune cannot be placed.")
+    config.output.output_dir = str(checkpoint_dir if full else lora_dir)
+    config.output.extract_lora_dir = str(lora_dir) if full else ""
     config.output.runs_dir = str(runs_dir)
     config.model.checkpoint = ""
     return config
@@ -265,7 +283,8 @@ class StartRequest:
 _REQUEST_KEYS = ("preset", "method", "resume")
 
 
-def config_from_request(body: Mapping[str, Any], lora_dir: Path, runs_dir: Path) -> StartRequest:
+def config_from_request(body: Mapping[str, Any], lora_dir: Path, runs_dir: Path,
+                        checkpoint_dir: Path | None = None) -> StartRequest:
     """`POST /lora-studio/v1/start` body -> settings.
 
     The body may hold, applied in this order on the form's defaults (the "person" preset, as a
@@ -273,7 +292,8 @@ def config_from_request(body: Mapping[str, Any], lora_dir: Path, runs_dir: Path)
       "preset": "person" | "object" | "style" (or its label),
       TOML sections as in `run.toml` ({"network": {"rank": 16}, ...}),
       form keys ({"network.rank": 16, ...}),
-    plus "method" (LoRA / DreamBooth-LoRA; default: DreamBooth when data.reg_dir is set) and
+    plus "method" (LoRA / DreamBooth-LoRA / full, also read from network.method as run.toml writes it;
+    default: DreamBooth-LoRA when data.reg_dir is set) and
     "resume" (bool). What the WebUI decides (WEBUI_MANAGED: checkpoint, folders) is ignored and
     listed in `ignored`, so a run.toml exported for the CLI can be posted as it is.
     """
@@ -287,9 +307,12 @@ def config_from_request(body: Mapping[str, Any], lora_dir: Path, runs_dir: Path)
             values = apply_preset(values, find_preset(str(body["preset"])))
         except KeyError as error:
             raise SettingsError(str(error.args[0])) from None
+    toml_method = _toml_method(body)
     for key, value in body.items():
-        if key in _REQUEST_KEYS:
+        if key in _REQUEST_KEYS or key == "network.method":
             continue
+        if key == "network" and isinstance(value, Mapping):
+            value = {k: v for k, v in value.items() if k != "method"}
         if key in sections:
             if not isinstance(value, Mapping):
                 raise SettingsError(f"[{key}] must be an object of settings, not {value!r}.")
@@ -301,13 +324,23 @@ def config_from_request(body: Mapping[str, Any], lora_dir: Path, runs_dir: Path)
             raise SettingsError(f"Unknown field {key!r}. Use TOML sections ({', '.join(sorted(sections))}), "
                                 f"'section.field' keys, or {', '.join(_REQUEST_KEYS)}.")
     reg_dir = str(values.get("data.reg_dir") or "").strip()
-    method = body.get("method") or (METHOD_DREAMBOOTH if reg_dir else METHOD_LORA)
-    method = {"lora": METHOD_LORA, "dreambooth": METHOD_DREAMBOOTH}.get(str(method).lower(), method)
+    method = body.get("method") or (METHOD_FULL if toml_method == "full" else "")
+    method = method or (METHOD_DREAMBOOTH if reg_dir else METHOD_LORA)
+    method = {"lora": METHOD_LORA, "dreambooth": METHOD_DREAMBOOTH, "full": METHOD_FULL}.get(str(method).lower(),
+                                                                                             method)
     resume = body.get("resume", False)
     if not isinstance(resume, bool):
         raise SettingsError(f"resume must be true or false, not {resume!r}.")
     config = config_from_values(values, method)
-    return StartRequest(place_in_webui(config, lora_dir, runs_dir), resume, tuple(ignored))
+    return StartRequest(place_in_webui(config, lora_dir, runs_dir, checkpoint_dir), resume, tuple(ignored))
+
+
+def _toml_method(body: Mapping[str, Any]) -> str:
+    """network.method as run.toml writes it ("lora" / "full"): it picks the method, it is no form field."""
+    network = body.get("network")
+    if isinstance(network, Mapping) and "method" in network:
+        return str(network["method"]).lower()
+    return str(body.get("network.method", "")).lower()
 
 
 def _set_request_value(values: dict[str, Any], ignored: list[str], key: str, value: Any) -> None:

@@ -15,7 +15,7 @@ import gradio as gr
 from ...data.importer import dataset_dirs
 from . import form, actions as train_actions
 from .dataset_summary import list_dataset_folders
-from .form import FIELDS, GROUPS, MAIN, METHOD_DREAMBOOTH, METHOD_LORA, METHODS
+from .form import FIELDS, GROUPS, MAIN, METHOD_DREAMBOOTH, METHOD_FULL, METHOD_LORA, METHODS
 from ..backend.outputs import DEFAULT_PREFERRED_WEIGHT
 from .presets import find_preset, preset_choices
 from .runs import runs_table_html
@@ -32,7 +32,7 @@ def _runtime():
 
 def _folders() -> train_actions.Folders:
     rt = _runtime()
-    return train_actions.Folders(rt.lora_dir(), rt.runs_dir())
+    return train_actions.Folders(rt.lora_dir(), rt.runs_dir(), rt.checkpoint_dir())
 
 
 def _component(f: form.Field, value):
@@ -174,7 +174,8 @@ def create_train_tab(default_preset_label: str) -> dict:
         trigger(fn=check_name, inputs=[c["output.name"], c["output.overwrite"]], outputs=[name_check],
                 show_progress=False)
 
-    method.change(fn=lambda m: gr.update(visible=m == METHOD_DREAMBOOTH), inputs=[method],
+    # Class images: DreamBooth-LoRA needs them, the full fine-tune takes them when given.
+    method.change(fn=lambda m: gr.update(visible=m in (METHOD_DREAMBOOTH, METHOD_FULL)), inputs=[method],
                   outputs=[dreambooth_group], show_progress=False)
 
     def apply_preset(label):
