@@ -16,6 +16,7 @@ from torch import nn
 
 from ...errors import CheckpointError
 from ...models.adapter import EPSILON, V_PREDICTION, ModelInfo
+from ...models.fp8 import compute_dtype
 from .ldm_names import named_unet_modules
 
 
@@ -55,7 +56,7 @@ class LdmAdapter:
         self.info = info
         self._unet = sd_model.model.diffusion_model
         self.device = torch.device(device) if device is not None else next(self._unet.parameters()).device
-        self.dtype = next(self._unet.parameters()).dtype
+        self.dtype = compute_dtype(self._unet)  # fp16 beside A1111's fp8-stored layers
         # A1111 may replace alphas_cumprod for sampling (e.g. zero terminal SNR); train on the original.
         schedule = getattr(sd_model, "alphas_cumprod_original", None)
         if schedule is None:
