@@ -23,6 +23,7 @@ from ..lora.network import LoraNetwork, NetworkShape
 from ..models.adapter import ModelAdapter
 from ..seeding import derived_seed, generator
 from . import events as ev
+from .cpu_autocast import cuda_like_norms
 from .cpu_tuning import tuned_layers
 from .fp8_layers import fp8_upcast
 from .guard import frozen, gradient_checkpointing
@@ -123,6 +124,8 @@ class _Trainer:
             stack.enter_context(gradient_checkpointing(
                 self.model.checkpoint_units(), self.c.train.gradient_checkpointing))
             stack.enter_context(fp8_upcast(base_modules))
+            stack.enter_context(cuda_like_norms(base_modules, self.device.type == "cpu"
+                                                and self.autocast_dtype is not None))
             # fp32 on the CPU only: CUDA's libraries pick their own kernels well.
             stack.enter_context(tuned_layers(base_modules, enabled=self.device.type == "cpu"
                                              and self.autocast_dtype is None and not self.precision.fp8))
