@@ -100,7 +100,7 @@ class _Trainer:
                                           model.text_encoder())
         self.autocast_dtype = self.precision.autocast
         images = config.train.batch_size * config.train.grad_accumulation * (2 if plan.reg_samples else 1)
-        self.stats = RunStats.begin(self.device, images, self.precision.label)
+        self.stats = RunStats.begin(self.device, images, self.precision.label, model.info.family)
         self.train_text_encoder = config.network.train_text_encoder and config.optimizer.text_encoder_lr > 0
         self.cond_cache: dict[str, torch.Tensor] | None = (
             {} if not self.train_text_encoder and not config.data.shuffle_captions
@@ -348,8 +348,10 @@ class _Trainer:
     def _request_samples(self, step: int) -> None:
         prompts = tuple(self.c.train.sample_prompts)
         if prompts:
+            began = time.monotonic()
             with torch.no_grad():
                 self.emit(ev.SampleRequest(step, prompts, self.c.train.seed))
+            self.stats.sampled(step, len(prompts), time.monotonic() - began)
 
     def _save_resume_state(self, step: int) -> None:
         save_state(self.plan.run_dir, ResumeState(

@@ -33,14 +33,16 @@ class RunStats:
     device: str
     images_per_step: int  # batch × accumulation (× 2 with class images)
     precision: str
+    family: str = ""
     setup_s: float = 0.0  # train() called -> first step starts (latent caching, ...)
-    marks: list = field(default_factory=list)  # [step, seconds since the first step started]
+    marks: list = field(default_factory=list)  # [step, training seconds since the first step started]
+    samples: list = field(default_factory=list)  # [step, prompts, seconds] of each sample request
 
     @classmethod
-    def begin(cls, device: torch.device, images_per_step: int, precision: str) -> "RunStats":
+    def begin(cls, device: torch.device, images_per_step: int, precision: str, family: str = "") -> "RunStats":
         if device.type == "cuda" and torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats(device)
-        stats = cls(device_label(device), images_per_step, precision)
+        stats = cls(device_label(device), images_per_step, precision, family)
         stats._device, stats._created = device, time.monotonic()
         return stats
 
@@ -48,12 +50,17 @@ class RunStats:
         self.setup_s = time.monotonic() - self._created
 
     def mark(self, step: int, elapsed: float) -> None:
-        self.marks.append([step, round(elapsed, 4)])
+        """`elapsed` since the first step started, samples included; they are taken out here."""
+        sampling = sum(seconds for _, _, seconds in self.samples)
+        self.marks.append([step, round(elapsed - sampling, 4)])
+
+    def sampled(self, step: int, prompts: int, seconds: float) -> None:
+        self.samples.append([step, prompts, round(seconds, 3)])
 
     def summary(self) -> dict:
         """first_step_s, steady_s_per_step (after the first step), images_per_s and the peaks."""
         out = asdict(self)
-        out.pop("marks")
+        out.pop("marks"), out.pop("samples")
         first = self.marks[0] if self.marks else None
         out["steps"] = self.marks[-1][0] if self.marks else 0
         out["first_step_s"] = first[1] / first[0] if first else None
@@ -65,7 +72,7 @@ class RunStats:
         out["steady_s_per_step"] = steady
         out["images_per_s"] = self.images_per_step / steady if steady else None
         out.update(_peaks(self._device))
-        out["marks"] = self.marks
+        out["marks"], out["samples"] = self.marks, self.samples
         return out
 
     def write(self, run_dir: Path) -> Path:

@@ -61,7 +61,8 @@ def _device_and_family():
     half = not getattr(shared.cmd_opts, "no_half", False)
     model = shared.sd_model
     family = "sd2" if getattr(model, "is_sd2", False) else "sd1"
-    return device_info_from_torch(devices.device, half_weights=half), family
+    return device_info_from_torch(devices.device, half_weights=half, fp8_weights=bool(getattr(devices, "fp8", False)),
+                                  run_roots=_folders().run_roots), family
 
 
 def _checkpoint_file() -> str:
