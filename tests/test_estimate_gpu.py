@@ -104,3 +104,24 @@ def test_a_run_records_its_steps_without_the_samples_and_the_estimate_matches_it
     predicted = estimate(config, device)
     assert predicted.seconds_per_step == pytest.approx(steady)
     assert predicted.total_seconds == pytest.approx(5 * steady + samples, rel=0.05)
+
+
+# ---- text-encoder outputs cached when the text encoder is not trained -------------------------------
+
+@pytest.mark.parametrize("unet_only, shuffle, expected_max", [(True, False, 2), (False, False, 6), (True, True, 6)])
+def test_text_encoder_outputs_are_computed_once_per_caption_when_it_is_not_trained(
+        sd1_model, photo_dataset, tmp_path, monkeypatch, unet_only, shuffle, expected_max):
+    encoded: list[str] = []
+    original = sd1_model.encode_prompts
+
+    def counting(prompts):
+        encoded.extend(prompts)
+        return original(prompts)
+
+    monkeypatch.setattr(sd1_model, "encode_prompts", counting)
+    config = small_config(photo_dataset, tmp_path / "out", train__max_steps=6, network__train_text_encoder=not unet_only,
+                          data__shuffle_captions=shuffle)
+    train(config, sd1_model)
+    # Two captions in the dataset: a UNet-only run with fixed captions encodes each once (saving the text
+    # encoder's forward on every step); training it, or shuffling captions, encodes every step.
+    assert len(encoded) == expected_max
