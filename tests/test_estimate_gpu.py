@@ -13,7 +13,7 @@ from conftest import small_config
 from lib_training.train import events as ev
 from lib_training.train.loop import train
 from lib_training.train.run_stats import STATS_FILE, read_stats
-from lib_training.webui.train.calibration import calibrate
+from lib_training.webui.train.calibration import calibrate, calibrated
 from lib_training.webui.train.estimate import (DeviceInfo, device_info_from_torch, estimate, fit_advice, memory_gb,
                                                step_factor)
 
@@ -99,7 +99,7 @@ def test_a_run_records_its_steps_without_the_samples_and_the_estimate_matches_it
     # The step times leave the samples out: steps + samples = the whole loop (+ saving the file).
     assert stats["marks"][-1][1] + samples == pytest.approx(result.seconds, abs=0.5)
     steady = stats["steady_s_per_step"]
-    device = device_info_from_torch(sd1_model.device, run_roots=[run_dir.parent])
+    device = calibrated(device_info_from_torch(sd1_model.device), [run_dir.parent], sd1_model.device)
     assert device.measured_runs == 1
     predicted = estimate(config, device)
     assert predicted.seconds_per_step == pytest.approx(steady)

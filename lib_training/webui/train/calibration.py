@@ -9,6 +9,7 @@ device; the median over the latest runs replaces the table's guess (on a 2-core 
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Iterable, Optional
 
 from ...config import TrainConfig
 from ...errors import LoraStudioError
-from ...train.run_stats import read_stats
+from ...train.run_stats import device_label, read_stats
+from .estimate import DeviceInfo, step_factor
 
 MAX_RUNS = 8  # the latest runs only: the machine or the software may have changed since
 
@@ -28,10 +30,19 @@ class Calibration:
     runs: int
 
 
+def calibrated(device: DeviceInfo, run_roots: Iterable[Path], torch_device) -> DeviceInfo:
+    """`device` with the timings measured by the earlier runs under `run_roots` on this same device."""
+    import torch
+
+    calibration = calibrate(run_roots, device_label(torch.device(torch_device)))
+    if calibration is None:
+        return device
+    return dataclasses.replace(device, seconds_per_image_512=calibration.seconds_per_image_512,
+                               sample_seconds_512=calibration.sample_seconds_512, measured_runs=calibration.runs)
+
+
 def calibrate(run_roots: Iterable[Path], device_label: str) -> Optional[Calibration]:
     """From the latest runs on `device_label` under `run_roots`; None when there are none."""
-    from .estimate import step_factor
-
     per_image, per_sample = [], []
     for run_dir in _latest_run_dirs(run_roots):
         stats = read_stats(run_dir)

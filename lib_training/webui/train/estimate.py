@@ -29,7 +29,6 @@ them) that bring it under, each with the memory it would need.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -339,26 +338,17 @@ def fit_advice(config: TrainConfig, device: DeviceInfo, family: str = "sd1") -> 
 
 
 def device_info_from_torch(device, half_weights: bool = True, measured_seconds: Optional[float] = None,
-                           fp8_weights: bool = False, run_roots=()) -> DeviceInfo:
-    """DeviceInfo for a torch.device (name and memory of a CUDA GPU; reads properties only), its time
-    model calibrated on the earlier runs under `run_roots` that ran on this same device."""
+                           fp8_weights: bool = False) -> DeviceInfo:
+    """DeviceInfo for a torch.device (name and memory of a CUDA GPU); reads properties only.
+    `calibration.calibrated` adds this machine's measured timings."""
     import torch
-
-    from ...train.run_stats import device_label
-    from .calibration import calibrate
 
     kind = getattr(device, "type", str(device))
     if kind == "cuda" and torch.cuda.is_available():
         index = device.index if getattr(device, "index", None) is not None else torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
-        info = DeviceInfo("cuda", props.name, props.total_memory / GB, measured_seconds, half_weights, fp8_weights)
-    else:
-        info = DeviceInfo(kind, kind.upper(), None, measured_seconds, half_weights, fp8_weights)
-    calibration = calibrate(run_roots, device_label(torch.device(device))) if run_roots else None
-    if calibration is None:
-        return info
-    return dataclasses.replace(info, seconds_per_image_512=calibration.seconds_per_image_512,
-                               sample_seconds_512=calibration.sample_seconds_512, measured_runs=calibration.runs)
+        return DeviceInfo("cuda", props.name, props.total_memory / GB, measured_seconds, half_weights, fp8_weights)
+    return DeviceInfo(kind, kind.upper(), None, measured_seconds, half_weights, fp8_weights)
 
 
 REFERENCE_GPU = "12 GB RTX 3060-class GPU"

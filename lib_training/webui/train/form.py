@@ -33,6 +33,7 @@ GROUPS = (MAIN, NETWORK, OPTIMIZER, SCHEDULE, DATA, ADVANCED)
 WEBUI_MANAGED = {
     "model.checkpoint": "the WebUI trains the checkpoint it has loaded",
     "model.tokenizer_dir": "the WebUI uses the loaded model's tokenizer",
+    "model.weight_dtype": "the WebUI trains the model as A1111 holds it (fp16, --no-half fp32, or FP8 weight)",
     "output.output_dir": "LoRAs always go to the WebUI's Lora folder",
     "output.runs_dir": "set in Settings > LoRA Studio",
 }
