@@ -31,8 +31,12 @@ What the GPU machine needs (it has no network):
     (its own dependencies — huggingface_hub, regex, filelock, requests, importlib_metadata — come with
     transformers; tests/requirements-current.txt pins the version the tests run);
   * this checkout (lib_training/, tools/, bench/); tqdm, bitsandbytes and an sd-scripts checkout are
-    optional. The CLIP tokenizer is built offline from open_clip's BPE file if open_clip is installed,
-    else from `model.tokenizer_dir` — see lib_training/models/clip_tokenizer.py.
+    optional;
+  * CLIP's tokenizer files: open_clip's BPE file when open-clip-torch is installed there, else a folder
+    with vocab.json + merges.txt (2.5 MB) made beforehand on a machine that has it and carried along:
+        python bench/gpu_check.py --write-tokenizer      # writes bench/.cache/clip_tokenizer (git-ignored:
+                                                         # carry it), used by default when present
+    or given with --tokenizer-dir.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+TOKENIZER_DIR = ROOT / "bench" / ".cache" / "clip_tokenizer"
 
 STEPS = 30
 BUDGET_S = 450
@@ -169,8 +174,30 @@ def build_dataset(work: Path, size: int, count: int) -> Path:
 
 # ---- our CLI --------------------------------------------------------------------------------------
 
-def ours_command(case: Case, checkpoint: Path, dataset: Path, out: Path, device: str) -> list[str]:
-    cmd = [sys.executable, "-m", "lib_training", "train", "--checkpoint", str(checkpoint), "--data", str(dataset),
+def tokenizer_dir(given: str) -> str:
+    """The tokenizer folder the runs use: given, carried (TOKENIZER_DIR), or "" (built from open_clip's BPE);
+    SystemExit with what to do when there is none."""
+    from lib_training.errors import CheckpointError
+    from lib_training.models.clip_tokenizer import find_bpe_file
+
+    if given:
+        return given
+    if (TOKENIZER_DIR / "vocab.json").is_file():
+        return str(TOKENIZER_DIR)
+    try:
+        find_bpe_file()
+    except CheckpointError as error:
+        raise SystemExit(f"{error}\nOn a machine without open_clip: run `python bench/gpu_check.py "
+                         f"--write-tokenizer` where it is installed and carry {TOKENIZER_DIR}.") from None
+    return ""
+
+
+def ours_command(case: Case, checkpoint: Path, dataset: Path, out: Path, device: str, tokenizer: str = "") -> list:
+    config = out.parent / f"{case.name}.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(f"[model]\ntokenizer_dir = {json.dumps(tokenizer)}\n", encoding="utf-8")
+    cmd = [sys.executable, "-m", "lib_training", "train", "--config", str(config),
+           "--checkpoint", str(checkpoint), "--data", str(dataset),
            "--output-dir", str(out), "--name", case.name, "--steps", str(case.steps),
            "--resolution", str(case.resolution), "--rank", "16", "--alpha", "8", "--lr", "1e-4",
            "--te-lr", "0" if case.unet_only else "5e-5", "--optimizer", case.optimizer, "--batch-size", "1",
@@ -230,7 +257,7 @@ def kohya_command(kdir: Path, case: Case, checkpoint: Path, dataset: Path, out: 
     return cmd
 
 
-def kohya_tokenizers(work: Path) -> Path:
+def kohya_tokenizers(work: Path, tokenizer: str = "") -> Path:
     """CLIP-L (and SDXL's bigG, the same BPE with pad '!') where kohya's --tokenizer_cache_dir looks."""
     from lib_training.models.clip_tokenizer import load_clip_tokenizer
 
@@ -238,7 +265,7 @@ def kohya_tokenizers(work: Path) -> Path:
     for name, pad in (("openai_clip-vit-large-patch14", None), ("laion_CLIP-ViT-bigG-14-laion2B-39B-b160k", "!")):
         target = cache / name
         if not (target / "vocab.json").is_file():
-            tokenizer = load_clip_tokenizer()
+            tokenizer = load_clip_tokenizer(tokenizer)
             tokenizer.model_max_length = 77
             if pad:
                 tokenizer.pad_token = pad
@@ -275,6 +302,7 @@ class Checker:
 
     def run(self) -> int:
         self.work.mkdir(parents=True, exist_ok=True)
+        self.tokenizer = tokenizer_dir(self.args.tokenizer_dir)
         cases, self.notes = plan_cases(self.args.dry_run, set(self.args.only.split(",")) if self.args.only else None)
         self.results = [Result(asdict(c)) for c in cases]
         kdir = os.environ.get("KOHYA_DIR")
@@ -306,7 +334,8 @@ class Checker:
             result.status, result.reason = "failed", f"building the inputs: {error}"
             return
         out = self.out / "runs" / case.name
-        code, output = self.spawn(ours_command(case, checkpoint, dataset, out, self.device), out / "ours.log")
+        command = ours_command(case, checkpoint, dataset, out, self.device, self.tokenizer)
+        code, output = self.spawn(command, out / "ours.log")
         result.seconds = round(time.monotonic() - began, 1)
         read_run(out, case, result)
         if code == 0 and result.loss_finite:
@@ -318,7 +347,7 @@ class Checker:
     def run_kohya(self, kdir: Path, case: Case, result: Result) -> None:
         checkpoint, dataset = self.inputs(case)
         out = self.out / "runs" / f"kohya_{case.name}"
-        cmd = kohya_command(kdir, case, checkpoint, dataset, out, kohya_tokenizers(self.work))
+        cmd = kohya_command(kdir, case, checkpoint, dataset, out, kohya_tokenizers(self.work, self.tokenizer))
         code, output = self.spawn(cmd, out / "kohya.log", cwd=kdir)
         result.kohya = {"exit": code, **parse_kohya(output)}
         if code:
@@ -397,11 +426,21 @@ def _num(value, digits: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="folder for gpu_check.json / .md, the runs and their logs")
+    parser.add_argument("--out", help="folder for gpu_check.json / .md, the runs and their logs")
+    parser.add_argument("--tokenizer-dir", default="", help="CLIP tokenizer folder (vocab.json + merges.txt)")
+    parser.add_argument("--write-tokenizer", action="store_true",
+                        help=f"write the tokenizer files to {TOKENIZER_DIR} (to carry to the GPU machine) and exit")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny models, 3 steps: the same code path")
     parser.add_argument("--budget-s", type=float, default=BUDGET_S, help="stop starting cases after this long")
     parser.add_argument("--only", default="", help="comma-separated case names (default: all that apply)")
     args = parser.parse_args(argv)
+    if args.write_tokenizer:
+        from lib_training.models.clip_tokenizer import find_bpe_file, write_tokenizer_files
+
+        print(write_tokenizer_files(find_bpe_file(), TOKENIZER_DIR))
+        return 0
+    if not args.out:
+        parser.error("--out is required")
     checker = Checker(args)
     signal.signal(signal.SIGTERM, checker.stop)
     signal.signal(signal.SIGINT, checker.stop)
