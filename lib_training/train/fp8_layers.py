@@ -55,7 +55,7 @@ def autocast_dtype(device: str) -> torch.dtype | None:
 
 
 def _upcasting_forward(layer: nn.Module):
-    def forward(x: torch.Tensor) -> torch.Tensor:
+    def forward(x: torch.Tensor, *_, **__) -> torch.Tensor:  # diffusers' LoRACompatible layers pass `scale`
         dtype = _target_dtype(x)
         return _Fp8Layer.apply(x.to(dtype), layer.weight, layer.bias, layer, dtype)
 
