@@ -105,9 +105,9 @@ FIELDS: tuple[Field, ...] = (
     Field("model.prediction_type", "Prediction type", "choice", ADVANCED, "auto reads it from the model",
           PREDICTION_TYPES),
     Field("train.seed", "Seed", "int", ADVANCED),
-    Field("train.mixed_precision", "Mixed precision", "choice", ADVANCED, "auto follows the model: its dtype when fp16/bf16, fp16 on CUDA, bf16 for FP8 weight on the CPU, "
-          "else fp32 (the LoRA is always fp32)",
-          MIXED_PRECISION),
+    Field("train.mixed_precision", "Mixed precision", "choice", ADVANCED,
+          "auto follows the model: its dtype when fp16/bf16, fp16 on CUDA, bf16 for FP8 weight on the CPU, "
+          "else fp32 (the LoRA is always fp32)", MIXED_PRECISION),
     Field("train.gradient_checkpointing", "Gradient checkpointing", "bool", ADVANCED,
           "less memory, about 25% slower"),
     Field("data.cache_latents", "Cache latents", "bool", ADVANCED, "encode each image once (faster)"),
