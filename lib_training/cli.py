@@ -39,7 +39,10 @@ FLAGS: dict[str, tuple[str, str, Callable, str]] = {
     "--batch-size": ("train", "batch_size", int, "images per step"),
     "--seed": ("train", "seed", int, "random seed (same seed + settings = same LoRA)"),
     "--save-every": ("train", "save_every_epochs", int, "also save <name>-NNNNNN.safetensors every N epochs (0 = off)"),
-    "--mixed-precision": ("train", "mixed_precision", str, "auto, no, fp16 or bf16 (CUDA only; CPU trains in fp32)"),
+    "--mixed-precision": ("train", "mixed_precision", str,
+                          "auto (follows the weights: fp16 on CUDA, fp32 on the CPU), no, fp16 or bf16 (autocast)"),
+    "--weight-dtype": ("model", "weight_dtype", str, "base weights as a GPU user's WebUI holds them: auto (fp16 on "
+                       "CUDA, fp32 on the CPU), fp32, fp16, bf16, or fp8 (A1111's FP8 weight: Linear/Conv2d in fp8)"),
     "--rank": ("network", "rank", int, "LoRA rank (network_dim), typical 8-128"),
     "--alpha": ("network", "alpha", float, "LoRA alpha; the update is scaled by alpha/rank"),
     "--conv-rank": ("network", "conv_rank", int, "rank for the UNet's 3x3 convs (LoCon); 0 = off"),
@@ -179,15 +182,20 @@ def _extract(args: argparse.Namespace) -> int:
 def _train(config: TrainConfig, args: argparse.Namespace) -> int:
     import torch
 
+    from .models.fp8 import store_as_fp8
     from .models.single_file import load_checkpoint
+    from .models.weight_dtype import resolve_weight_dtype
     from .train.loop import train
 
     config.validate(need_checkpoint=True)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    dtype = torch.float16 if str(device).startswith("cuda") and config.train.mixed_precision != "no" else torch.float32
+    dtype, fp8 = resolve_weight_dtype(config.model.weight_dtype, config.train.mixed_precision,
+                                      torch.device(device).type)
     print(f"Loading {config.model.checkpoint} ...", flush=True)
     model = load_checkpoint(Path(config.model.checkpoint), config.model.prediction_type, config.model.clip_skip,
                             config.model.tokenizer_dir, device=device, dtype=dtype)
+    if fp8:
+        store_as_fp8([model.unet(), model.text_encoder()])
     cancel = ev.CancelToken()
     progress = _Progress()
     try:

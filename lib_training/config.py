@@ -26,6 +26,7 @@ MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 SAVE_DTYPES = ("fp16", "bf16", "fp32")
 PREDICTION_TYPES = ("auto", "epsilon", "v_prediction")
 METHODS = ("lora", "full")  # full = DreamBooth fine-tune of the weights themselves, written as a checkpoint
+WEIGHT_DTYPES = ("auto", "fp32", "fp16", "bf16", "fp8")  # models/weight_dtype.py says what each means
 
 
 @dataclass
@@ -34,6 +35,7 @@ class ModelSettings:
     prediction_type: str = "auto"  # auto = epsilon for SD1, v_prediction for SD2
     clip_skip: int = 1
     tokenizer_dir: str = ""  # vocab.json + merges.txt; empty = built offline from open_clip's BPE file
+    weight_dtype: str = "auto"  # CLI: base weights as a GPU user's WebUI holds them (models/weight_dtype.py)
 
 
 @dataclass
@@ -226,6 +228,7 @@ def _validate(c: TrainConfig, need_checkpoint: bool) -> None:
     _require(not d.reg_dir or Path(d.reg_dir).is_dir(),
              f"The class-image folder {d.reg_dir} does not exist. Check the path or leave it empty.")
     _one_of(m.prediction_type, PREDICTION_TYPES, "model.prediction_type")
+    _one_of(m.weight_dtype, WEIGHT_DTYPES, "model.weight_dtype")
     _require(m.clip_skip >= 1, "model.clip_skip must be at least 1 (1 = last layer, 2 = penultimate).")
     if need_checkpoint:
         _require(bool(m.checkpoint), "model.checkpoint is empty: give the .safetensors checkpoint to train on.")

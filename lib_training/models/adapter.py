@@ -49,7 +49,7 @@ class ModelAdapter(Protocol):
 
     info: ModelInfo
     device: torch.device
-    dtype: torch.dtype  # dtype of the UNet weights
+    dtype: torch.dtype  # the UNet's compute dtype: its weights' (for fp8-stored layers, that of the rest)
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:

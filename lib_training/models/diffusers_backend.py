@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .adapter import ModelInfo
+from .fp8 import compute_dtype
 from .schedule import scaled_linear_alphas_cumprod
 
 TOKEN_WINDOW = 77
@@ -33,7 +34,7 @@ class DiffusersAdapter:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self._unet.parameters()).dtype
+        return compute_dtype(self._unet)
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:

@@ -23,12 +23,16 @@ from ..lora.network import LoraNetwork, NetworkShape
 from ..models.adapter import ModelAdapter
 from ..seeding import derived_seed, generator
 from . import events as ev
+from .cpu_autocast import cuda_like_norms
 from .cpu_tuning import tuned_layers
 from .full import FullFineTune, check_extract_target, is_full, write_checkpoint, write_extracted_lora
+from .fp8_layers import fp8_upcast
 from .guard import frozen, gradient_checkpointing
 from .loss import add_noise, min_snr_weights, per_sample_mse, sample_noise, target_for
 from .optim import build_optimizer
 from .plan import RunPlan, make_plan
+from .precision import choose_precision, grad_scaler
+from .run_stats import RunStats
 from .schedule import build_scheduler
 from .state import ResumeState, load_state, save_state
 
@@ -96,7 +100,11 @@ class _Trainer:
                  cancel: ev.CancelToken):
         self.c, self.model, self.plan, self.emit, self.cancel_token = config, model, plan, emit, cancel
         self.device = model.device
-        self.autocast_dtype = _autocast_dtype(config.train.mixed_precision, self.device)
+        self.precision = choose_precision(config.train.mixed_precision, self.device, model.unet(),
+                                          model.text_encoder())
+        self.autocast_dtype = self.precision.autocast
+        images = config.train.batch_size * config.train.grad_accumulation * (2 if plan.reg_samples else 1)
+        self.stats = RunStats.begin(self.device, images, self.precision.label, model.info.family)
         self.train_text_encoder = config.network.train_text_encoder and config.optimizer.text_encoder_lr > 0
         self.full = is_full(config)  # the weights themselves, not a LoRA (train/full.py)
         self.cond_cache: dict[str, torch.Tensor] | None = (
@@ -110,7 +118,7 @@ class _Trainer:
                               num_reg_images=plan.dataset.num_reg_images,
                               dataset_dirs=plan.dataset_dirs, tag_frequency=plan.tag_frequency,
                               bucket_info=plan.bucket_info,
-                              mixed_precision=_precision_label(self.autocast_dtype))
+                              mixed_precision=self.precision.label)
 
     # ---- set-up -------------------------------------------------------------------------
     def run(self, state: ResumeState | None) -> TrainResult:
@@ -120,13 +128,16 @@ class _Trainer:
             stack.enter_context(self.network.attached())
             stack.enter_context(gradient_checkpointing(
                 self.model.checkpoint_units(), self.c.train.gradient_checkpointing))
+            stack.enter_context(fp8_upcast(base_modules))
+            stack.enter_context(cuda_like_norms(base_modules, self.device.type == "cpu"
+                                                and self.autocast_dtype is not None))
             # fp32 on the CPU only: CUDA's libraries pick their own kernels well.
-            stack.enter_context(tuned_layers(
-                base_modules, enabled=self.device.type == "cpu" and self.autocast_dtype is None))
+            stack.enter_context(tuned_layers(base_modules, enabled=self.device.type == "cpu"
+                                             and self.autocast_dtype is None and not self.precision.fp8))
             self.caches = self._make_caches()
             self.optimizer = self._make_optimizer()
             self.scheduler = build_scheduler(self.optimizer, self.c.optimizer, self.plan.total_steps)
-            self.scaler = _grad_scaler(self.autocast_dtype, self.device)
+            self.scaler = grad_scaler(self.precision, self.device)
             start_step = self._restore(state) if state else 0
             self.plan.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.plan.run_dir / "config.toml", self.c.to_toml())
@@ -187,12 +198,14 @@ class _Trainer:
         self.emit(ev.Started(plan.total_steps, math.ceil(plan.batches_per_epoch / accum), plan.epochs,
                              plan.dataset.num_train_images, plan.dataset.num_reg_images, start_step))
         started = time.monotonic()
+        self.stats.loop_started()
         step, pending, last_loss = start_step, [], float("nan")
         micro = step * accum
         self._truncate_log(step)
         while step < plan.total_steps:
             if self.cancel_token.cancelled:
                 self._save_resume_state(step)
+                self.stats.write(plan.run_dir)
                 raise TrainingCancelled(f"Training cancelled at step {step} of {plan.total_steps}. "
                                         f"Resume it later (state in {plan.run_dir}).")
             for _ in range(accum):
@@ -255,7 +268,7 @@ class _Trainer:
         """Per-sample loss (min-SNR weighted when set)."""
         with self._autocast():
             cond = self._conditioning(b.captions)
-            prediction = self.model.predict(b.noisy.to(self.model.dtype), b.timesteps, cond)
+            prediction = self.model.predict(b.noisy.to(self.precision.weights), b.timesteps, cond)
         losses = per_sample_mse(prediction, b.target)
         gamma = self.c.train.min_snr_gamma
         if gamma > 0:
@@ -311,6 +324,7 @@ class _Trainer:
             self.losses.append((first + offset, value))
         self._append_log(self.losses[-len(per_step):])
         elapsed = time.monotonic() - started
+        self.stats.mark(step - start_step, elapsed)
         done = step - start_step
         eta = elapsed / done * (self.plan.total_steps - step) if done else 0.0
         epoch = (step * accum) // self.plan.batches_per_epoch + 1
@@ -349,8 +363,10 @@ class _Trainer:
     def _request_samples(self, step: int) -> None:
         prompts = tuple(self.c.train.sample_prompts)
         if prompts:
+            began = time.monotonic()
             with torch.no_grad():
                 self.emit(ev.SampleRequest(step, prompts, self.c.train.seed))
+            self.stats.sampled(step, len(prompts), time.monotonic() - began)
 
     def _save_resume_state(self, step: int) -> None:
         save_state(self.plan.run_dir, ResumeState(
@@ -365,6 +381,7 @@ class _Trainer:
         if self.full and self.c.output.extract_lora_rank:
             lora = write_extracted_lora(self.model, self.network, self.c, self.facts)
             self.emit(ev.Message(f"Extracted a rank-{self.c.output.extract_lora_rank} LoRA: {lora}"))
+        self.stats.write(self.plan.run_dir)
         self.emit(ev.Finished(path, step, seconds, last_loss, tuple(self.files)))
         return TrainResult(path, list(self.files), step, seconds, last_loss, list(self.losses), lora)
 
@@ -389,21 +406,3 @@ def _read_log(path: Path, upto: int) -> list[tuple[int, float]]:
         if record["step"] <= upto:
             entries.append((record["step"], record["loss"]))
     return entries
-
-
-def _autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        return None  # fp32 on CPU: autocast there is slow and bf16 loses too much for LoRA
-    if mixed_precision in ("auto", "fp16"):
-        return torch.float16
-    return torch.bfloat16 if mixed_precision == "bf16" else None
-
-
-def _precision_label(dtype: torch.dtype | None) -> str:
-    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "no")
-
-
-def _grad_scaler(dtype: torch.dtype | None, device: torch.device):
-    if dtype == torch.float16 and device.type == "cuda":
-        return torch.cuda.amp.GradScaler()
-    return None

@@ -40,9 +40,21 @@ def available_optimizers() -> list[str]:
     names = ["adamw", "lion"]
     if importlib.util.find_spec("prodigyopt"):
         names.append("prodigy")
-    if importlib.util.find_spec("bitsandbytes") and torch.cuda.is_available():
+    if torch.cuda.is_available() and bitsandbytes_problem() is None:
         names.append("adamw8bit")
     return names
+
+
+def bitsandbytes_problem() -> str | None:
+    """None when bitsandbytes imports; else why not (it raises more than ImportError without a usable
+    CUDA set-up, e.g. a CPU-only build or a missing libcudart)."""
+    if not importlib.util.find_spec("bitsandbytes"):
+        return "the bitsandbytes package is not installed (pip install bitsandbytes)"
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as error:
+        return f"bitsandbytes does not load here ({type(error).__name__}: {error})"
+    return None
 
 
 def build_optimizer(settings: OptimizerSettings, groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
@@ -59,8 +71,11 @@ def build_optimizer(settings: OptimizerSettings, groups: list[dict], device: tor
 
         return Prodigy(groups, weight_decay=wd)
     if name == "adamw8bit":
-        if device.type != "cuda" or not importlib.util.find_spec("bitsandbytes"):
-            raise SettingsError("Optimizer 'adamw8bit' needs a CUDA GPU and the bitsandbytes package; use 'adamw'.")
+        if device.type != "cuda":
+            raise SettingsError("Optimizer 'adamw8bit' needs a CUDA GPU; use 'adamw' here.")
+        problem = bitsandbytes_problem()
+        if problem:
+            raise SettingsError(f"Optimizer 'adamw8bit' cannot be used: {problem}. Use 'adamw', or fix bitsandbytes.")
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(groups, weight_decay=wd)

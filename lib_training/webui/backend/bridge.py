@@ -31,13 +31,8 @@ def check_supported(sd_model, cmd_opts, device: torch.device) -> None:
     if getattr(cmd_opts, "lowvram", False):
         raise SettingsError("The WebUI runs with --lowvram, which moves the UNet to the GPU block by block; training "
                             "cannot follow that. Restart without --lowvram (--medvram works).")
-    dtypes = {p.dtype for p in sd_model.model.diffusion_model.parameters()}
-    if any("float8" in str(d) for d in dtypes):
-        raise SettingsError("The loaded model stores its weights in fp8, which cannot be trained on. Set "
-                            "Settings > Optimizations > FP8 weight to Disable, reload the model, and start again.")
-    if device.type == "cpu" and torch.float16 in dtypes:
-        raise SettingsError("The model is in half precision on the CPU, where training needs fp32. "
-                            "Start the WebUI with --no-half (or --precision full --no-half).")
+    # Half (fp16/bf16) and fp8-stored weights train under autocast with an fp32 LoRA, on the GPU and on
+    # the CPU alike; a PyTorch that cannot autocast in that dtype is refused by train/precision.py.
 
 
 def check_full_supported(config: TrainConfig, cmd_opts) -> None:

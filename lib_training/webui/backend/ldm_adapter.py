@@ -16,6 +16,8 @@ from torch import nn
 
 from ...errors import CheckpointError
 from ...models.adapter import EPSILON, V_PREDICTION, ModelInfo
+from ...models.fp8 import compute_dtype
+from ...train.cpu_autocast import cuda_like_norms
 from .ldm_names import named_unet_modules
 
 
@@ -60,7 +62,7 @@ class LdmAdapter:
         self.info = info
         self._unet = sd_model.model.diffusion_model
         self.device = torch.device(device) if device is not None else next(self._unet.parameters()).device
-        self.dtype = next(self._unet.parameters()).dtype
+        self.dtype = compute_dtype(self._unet)  # fp16 beside A1111's fp8-stored layers
         # A1111 may replace alphas_cumprod for sampling (e.g. zero terminal SNR); train on the original.
         schedule = getattr(sd_model, "alphas_cumprod_original", None)
         if schedule is None:
@@ -126,15 +128,26 @@ class LdmAdapter:
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        vae = self.sd_model.first_stage_model
-        vae_dtype = next(vae.parameters()).dtype
-        posterior = self.sd_model.encode_first_stage(pixels.to(self.device, vae_dtype))
-        return self.sd_model.get_first_stage_encoding(posterior).float()
+        vae_dtype = next(self.sd_model.first_stage_model.parameters()).dtype
+        with self._vae_autocast(vae_dtype):
+            posterior = self.sd_model.encode_first_stage(pixels.to(self.device, vae_dtype))
+            return self.sd_model.get_first_stage_encoding(posterior).float()
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         vae_dtype = next(self.sd_model.first_stage_model.parameters()).dtype
-        return self.sd_model.decode_first_stage(latents.to(self.device, vae_dtype)).float().clamp(-1, 1)
+        with self._vae_autocast(vae_dtype):
+            return self.sd_model.decode_first_stage(latents.to(self.device, vae_dtype)).float().clamp(-1, 1)
+
+    @contextmanager
+    def _vae_autocast(self, vae_dtype: torch.dtype) -> Iterator[None]:
+        """A half-precision VAE runs as A1111 runs it, under autocast: ldm's GroupNorm32 feeds its half
+        norm an fp32 input, which only autocast's fp32 rule for norms (made explicit on the CPU) accepts."""
+        if vae_dtype not in (torch.float16, torch.bfloat16):
+            yield
+            return
+        with torch.autocast(self.device.type, dtype=vae_dtype), cuda_like_norms([self.sd_model.first_stage_model], True):
+            yield
 
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         # In A1111 this is its prompt wrapper: clip skip, (emphasis:1.1), embeddings and

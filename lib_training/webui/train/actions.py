@@ -56,7 +56,7 @@ def estimate_markdown(method: str, values: Sequence[Any], folders: Folders, devi
                       family: str = "sd1", sample_steps: int = 20) -> str:
     try:
         config = config_from_form(method, values, folders)
-        return estimate(config, device, family, sample_steps).markdown()
+        return estimate(config, device, family, sample_steps, final_sample=True).markdown()  # the card's preview
     except LoraStudioError as error:
         return f"⚠ {html.escape(form.error_text(error))}"
 

@@ -34,6 +34,7 @@ GROUPS = (MAIN, NETWORK, OPTIMIZER, SCHEDULE, DATA, ADVANCED)
 WEBUI_MANAGED = {
     "model.checkpoint": "the WebUI trains the checkpoint it has loaded",
     "model.tokenizer_dir": "the WebUI uses the loaded model's tokenizer",
+    "model.weight_dtype": "the WebUI trains the model as A1111 holds it (fp16, --no-half fp32, or FP8 weight)",
     "output.output_dir": "LoRAs always go to the WebUI's Lora folder",
     "output.runs_dir": "set in Settings > LoRA Studio",
     "output.extract_lora_dir": "an extracted LoRA always goes to the WebUI's Lora folder",
@@ -109,8 +110,9 @@ FIELDS: tuple[Field, ...] = (
     Field("model.prediction_type", "Prediction type", "choice", ADVANCED, "auto reads it from the model",
           PREDICTION_TYPES),
     Field("train.seed", "Seed", "int", ADVANCED),
-    Field("train.mixed_precision", "Mixed precision", "choice", ADVANCED, "auto = fp16 on CUDA, fp32 on CPU",
-          MIXED_PRECISION),
+    Field("train.mixed_precision", "Mixed precision", "choice", ADVANCED,
+          "auto follows the model: its dtype when fp16/bf16, fp16 on CUDA, bf16 for FP8 weight on the CPU, "
+          "else fp32 (the LoRA is always fp32)", MIXED_PRECISION),
     Field("train.gradient_checkpointing", "Gradient checkpointing", "bool", ADVANCED,
           "less memory, about 25% slower"),
     Field("data.cache_latents", "Cache latents", "bool", ADVANCED, "encode each image once (faster)"),

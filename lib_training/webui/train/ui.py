@@ -56,12 +56,14 @@ def _device_and_family():
     """The device and model family for the estimate (properties only, no tensor work)."""
     from modules import devices, shared
 
+    from .calibration import calibrated
     from .estimate import device_info_from_torch
 
     half = not getattr(shared.cmd_opts, "no_half", False)
     model = shared.sd_model
     family = "sd2" if getattr(model, "is_sd2", False) else "sd1"
-    return device_info_from_torch(devices.device, half_weights=half), family
+    device = device_info_from_torch(devices.device, half_weights=half, fp8_weights=bool(getattr(devices, "fp8", False)))
+    return calibrated(device, _folders().run_roots, devices.device), family
 
 
 def _checkpoint_file() -> str:
