@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError
-from ...models.adapter import EPSILON, V_PREDICTION, ModelInfo
+from ...lora.targets import TEXT_ENCODER_PREFIX
+from ...models.adapter import EPSILON, V_PREDICTION, ModelInfo, SizeConditioning
 from .ldm_names import named_unet_modules
 
 
@@ -81,6 +82,9 @@ class LdmAdapter:
             return iter(())
         return transformer.named_modules()
 
+    def text_encoder_parts(self) -> list[tuple[str, Iterator[tuple[str, nn.Module]]]]:
+        return [(TEXT_ENCODER_PREFIX, self.named_text_encoder_modules())]
+
     @property
     def text_encoder_trainable(self) -> bool:
         """SD2's OpenCLIP packs q/k/v into one MultiheadAttention; only SD1's CLIP gets a LoRA so far."""
@@ -126,5 +130,6 @@ class LdmAdapter:
         cond = self.sd_model.cond_stage_model(list(prompts))
         return cond.to(self.device)
 
-    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
+                sizes: Sequence[SizeConditioning] | None = None) -> torch.Tensor:
         return self._unet(noisy_latents, timesteps, context=cond.to(self.dtype))
