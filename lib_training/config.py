@@ -30,7 +30,7 @@ PREDICTION_TYPES = ("auto", "epsilon", "v_prediction")
 @dataclass
 class ModelSettings:
     checkpoint: str = ""  # single-file .safetensors (CLI); the WebUI uses its loaded model
-    prediction_type: str = "auto"  # auto = epsilon for SD1, v_prediction for SD2
+    prediction_type: str = "auto"  # auto = epsilon for SD1/SDXL (v_prediction with a v_pred key), v_prediction for SD2
     clip_skip: int = 1
     tokenizer_dir: str = ""  # vocab.json + merges.txt; empty = built offline from open_clip's BPE file
 

@@ -28,10 +28,11 @@ def _pipeline(model):
 
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
-    tokenizer_2 = copy.deepcopy(model.tokenizer)
+    tokenizer, tokenizer_2 = copy.deepcopy(model.tokenizer), copy.deepcopy(model.tokenizer)
+    tokenizer.model_max_length = tokenizer_2.model_max_length = 77  # as in the hub's tokenizer_config.json
     tokenizer_2.pad_token = "!"  # as stabilityai's tokenizer_2: bigG pads with token 0
     return StableDiffusionXLPipeline(
-        vae=model.vae(), text_encoder=model.clip_l, text_encoder_2=model.big_g, tokenizer=model.tokenizer,
+        vae=model.vae(), text_encoder=model.clip_l, text_encoder_2=model.big_g, tokenizer=tokenizer,
         tokenizer_2=tokenizer_2, unet=model.unet(),
         scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
     )

@@ -23,8 +23,8 @@ from .ldm_names import named_unet_modules
 def ldm_family(sd_model) -> str:
     """'sd1' or 'sd2' from the loaded model's parts; anything else is refused."""
     if getattr(sd_model, "is_sdxl", False) or hasattr(sd_model, "conditioner"):
-        raise CheckpointError("The loaded model is SDXL; LoRA Studio trains SD 1.x and 2.x models so far. "
-                              "Load an SD 1.x or 2.x checkpoint in the WebUI and start again.")
+        raise CheckpointError("The loaded model is SDXL (an sgm DiffusionEngine): the SDXL backend "
+                              "(sgm_adapter.SgmAdapter) trains it, not the ldm one.")
     if getattr(sd_model.model, "conditioning_key", "crossattn") != "crossattn":
         raise CheckpointError("The loaded model is an inpainting or instruct-pix2pix model (extra UNet inputs); "
                               "load a plain text-to-image checkpoint to train a LoRA.")
