@@ -20,7 +20,9 @@ from lib_training.models.sdxl_backend import SdxlAdapter
 from lib_training.models.single_file import load_checkpoint, save_sdxl_checkpoint
 from lib_training.models.tiny import build_sdxl_models, tiny_sdxl_adapter, tiny_sdxl_configs
 from lib_training.train.loop import train
+from lib_training.webui.backend.outputs import sd_version_of
 from test_training import fixed_diffusion_loss, network_from_file
+from test_cli import _run_cli
 
 PINNED = json.loads((Path(__file__).parent / "data" / "sdxl_kohya_lora_names.json").read_text())
 
@@ -118,6 +120,7 @@ def test_tiny_sdxl_trains_and_the_file_is_kohyas_sdxl_lora(sdxl_model, photo_dat
     assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
     assert meta["modelspec.implementation"] == "https://github.com/Stability-AI/generative-models"
     assert meta["modelspec.resolution"] == "64x64"
+    assert sd_version_of(result.path) == "SDXL"  # what A1111's Lora tab reads to show it under an SDXL model
 
 
 def test_v_prediction_sdxl_trains_on_the_v_target(photo_dataset, tmp_path):
@@ -165,3 +168,17 @@ def test_vae_encode_falls_back_to_fp32_when_fp16_overflows():
     latents = model.encode_images(pixels)
     assert torch.isfinite(latents).all() and next(model.vae().parameters()).dtype == torch.float16
     torch.testing.assert_close(latents.float(), reference, rtol=1e-2, atol=1e-2)
+
+
+def test_cli_trains_on_an_sdxl_single_file_checkpoint(tmp_path):
+    configs = tiny_sdxl_configs()
+    path = save_sdxl_checkpoint(tmp_path / "tiny-xl.safetensors", *build_sdxl_models(configs, seed=6), configs)
+    from conftest import write_photos
+    write_photos(tmp_path / "data" / "2_sks cat", names=("chelsea", "rocket"))
+    proc = _run_cli("train", "--checkpoint", str(path), "--data", str(tmp_path / "data"), "--output-dir",
+                    str(tmp_path / "Lora"), "--name", "xl", "--steps", "3", "--resolution", "64", "--rank", "4",
+                    "--te-lr", "1e-4", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    tensors, meta = load_lora(tmp_path / "Lora" / "xl.safetensors")
+    assert meta["ss_sd_model_name"] == "tiny-xl.safetensors" and meta["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert {k.split("_")[1] for k in tensors} == {"unet", "te1", "te2"}

@@ -47,5 +47,9 @@ out = {
     "unet_conv_extra": {k: v for k, v in shapes(conv).items() if k not in shapes(default)},
     "text_encoders": [m.lora_name for m in default.text_encoder_loras],
 }
-Path(__file__).with_name("sdxl_kohya_lora_names.json").write_text(json.dumps(out, indent=0))
+lines = ["{", f'"source": {json.dumps(out["source"])},']
+for key in ("unet_default", "unet_conv_extra"):  # one module a line, so a change reads as a small diff
+    lines += [f'"{key}": {{', ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in out[key].items()), "},"]
+lines += ['"text_encoders": [', ",\n".join(f"  {json.dumps(n)}" for n in out["text_encoders"]), "]", "}"]
+Path(__file__).with_name("sdxl_kohya_lora_names.json").write_text("\n".join(lines) + "\n")
 print({k: len(v) for k, v in out.items() if k != "source"})
