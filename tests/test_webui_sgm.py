@@ -185,3 +185,23 @@ def test_refiner_and_inpainting_are_refused(sgm, twins):
             sgm_family(engine)
     finally:
         engine.is_sdxl_inpaint = False
+
+
+def test_vae_encode_in_fp16_falls_back_to_fp32_on_overflow(sgm, twins):
+    import copy
+
+    engine, _ = twins
+    vae = copy.deepcopy(engine.first_stage_model)
+    with torch.no_grad():
+        vae.encoder.conv_in.weight.mul_(1e5)  # overflows fp16 (max 65504), not fp32
+    half = FakeEngine(engine.model.diffusion_model, engine.conditioner, vae, 0.13025)
+    pixels = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    torch.manual_seed(0)
+    reference = _adapter(half).encode_images(pixels)
+    vae.half()
+    with torch.no_grad():
+        assert not torch.isfinite(vae.encode(pixels.half()).latent_dist.mean).all(), "the test needs an fp16 overflow"
+    torch.manual_seed(0)
+    latents = _adapter(half).encode_images(pixels)
+    assert torch.isfinite(latents).all() and next(vae.parameters()).dtype == torch.float16
+    torch.testing.assert_close(latents, reference, rtol=1e-2, atol=1e-2)

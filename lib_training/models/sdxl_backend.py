@@ -11,7 +11,7 @@ What differs from SD 1.x/2.x, each as kohya's sdxl_train_network does it:
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -58,15 +58,7 @@ class SdxlAdapter(DiffusersAdapter):
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        latents = super().encode_images(pixels)
-        if torch.isfinite(latents).all() or next(self._vae.parameters()).dtype == torch.float32:
-            return latents
-        dtype = next(self._vae.parameters()).dtype
-        try:  # as A1111's fp32 fallback: the VAE in fp32 for this encode, back to its dtype after
-            self._vae.to(torch.float32)
-            return super().encode_images(pixels)
-        finally:
-            self._vae.to(dtype)
+        return encode_with_fp32_fallback(self._vae, lambda: super(SdxlAdapter, self).encode_images(pixels))
 
     def encode_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         ids_l = self.tokenize(prompts)
@@ -83,6 +75,26 @@ class SdxlAdapter(DiffusersAdapter):
                                 device=context.device, dtype=context.dtype)
         added = {"text_embeds": cond["pooled"].to(self.dtype), "time_ids": time_ids}
         return self._unet(noisy_latents, timesteps, encoder_hidden_states=context, added_cond_kwargs=added).sample
+
+
+def encode_with_fp32_fallback(vae: nn.Module, encode: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """`encode()`, redone with the VAE in fp32 (then put back) when fp16 gave inf/NaN, as A1111's
+    NaN fallback does. The retry draws the same posterior noise: the RNG is rewound first."""
+    device = next(vae.parameters()).device
+    cpu_state = torch.get_rng_state()
+    cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    latents = encode()
+    dtype = next(vae.parameters()).dtype
+    if torch.isfinite(latents).all() or dtype == torch.float32:
+        return latents
+    torch.set_rng_state(cpu_state)
+    if cuda_state is not None:
+        torch.cuda.set_rng_state(cuda_state, device)
+    try:
+        vae.to(torch.float32)
+        return encode()
+    finally:
+        vae.to(dtype)
 
 
 def _pad_after_end(ids: torch.Tensor, eos: int, pad: int) -> torch.Tensor:

@@ -25,6 +25,7 @@ from torch import nn
 
 from ...errors import CheckpointError
 from ...models.adapter import ModelInfo, SizeConditioning
+from ...models.sdxl_backend import encode_with_fp32_fallback
 from .ldm_adapter import LdmAdapter
 
 SIZE_KEYS = ("original_size_as_tuple", "crop_coords_top_left", "target_size_as_tuple")
@@ -105,13 +106,5 @@ class SgmAdapter(LdmAdapter):
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        latents = super().encode_images(pixels)
-        vae = self.sd_model.first_stage_model
-        dtype = next(vae.parameters()).dtype
-        if torch.isfinite(latents).all() or dtype == torch.float32:
-            return latents
-        try:  # as A1111's own NaN fallback for the VAE: this encode in fp32, the VAE back as it was
-            vae.to(torch.float32)
-            return super().encode_images(pixels)
-        finally:
-            vae.to(dtype)
+        encode = super().encode_images
+        return encode_with_fp32_fallback(self.sd_model.first_stage_model, lambda: encode(pixels))
