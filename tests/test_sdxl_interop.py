@@ -77,7 +77,7 @@ def test_saved_sdxl_lora_loads_in_diffusers_and_matches_our_hooked_model(photo_d
         their_out = pipe.unet(latents, timestep, encoder_hidden_states=context,
                               added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
 
-    assert not torch.allclose(base_cond["context"], our_cond["context"], atol=1e-4), "the text-encoder LoRA had no effect"
+    assert not torch.allclose(base_cond["context"], our_cond["context"], atol=1e-4), "the TE LoRA had no effect"
     assert not torch.allclose(base_out, our_out, atol=1e-4), "the LoRA had no effect"
     torch.testing.assert_close(our_cond["context"], context, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(our_cond["pooled"], pooled, atol=1e-4, rtol=1e-4)

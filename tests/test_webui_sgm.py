@@ -78,7 +78,8 @@ def _text_embedder(sgm, model, tokenizer, big_g: bool):
 
 def _conditioner(sgm, clip_l, big_g, tokenizer, refiner: bool = False):
     conditioner = sgm.GeneralConditioner([])
-    embedders = [(_text_embedder(sgm, clip_l, tokenizer, False), "txt"), (_text_embedder(sgm, big_g, tokenizer, True), "txt")]
+    embedders = [(_text_embedder(sgm, clip_l, tokenizer, False), "txt"),
+                 (_text_embedder(sgm, big_g, tokenizer, True), "txt")]
     embedders += [(sgm.ConcatTimestepEmbedderND(8), key)
                   for key in ("original_size_as_tuple", "crop_coords_top_left", "target_size_as_tuple")]
     if refiner:

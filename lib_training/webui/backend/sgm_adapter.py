@@ -88,7 +88,8 @@ class SgmAdapter(LdmAdapter):
 
     def _batch(self, prompts: list[str], sizes: Sequence[SizeConditioning] | None = None) -> dict:
         """A1111's `sdxl_conds` (its get_learned_conditioning), with each sample's own sizes."""
-        rows = list(sizes) if sizes else [SizeConditioning((DEFAULT_SIZE,) * 2, (0, 0), (DEFAULT_SIZE,) * 2)] * len(prompts)
+        square = SizeConditioning((DEFAULT_SIZE,) * 2, (0, 0), (DEFAULT_SIZE,) * 2)  # A1111's txt2img default
+        rows = list(sizes) if sizes else [square] * len(prompts)
         batch: dict = {"txt": prompts}
         for index, key in enumerate(SIZE_KEYS):
             batch[key] = torch.tensor([row.as_list()[2 * index:2 * index + 2] for row in rows], device=self.device)
