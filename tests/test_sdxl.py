@@ -182,3 +182,13 @@ def test_cli_trains_on_an_sdxl_single_file_checkpoint(tmp_path):
     tensors, meta = load_lora(tmp_path / "Lora" / "xl.safetensors")
     assert meta["ss_sd_model_name"] == "tiny-xl.safetensors" and meta["ss_base_model_version"] == "sdxl_base_v1-0"
     assert {k.split("_")[1] for k in tensors} == {"unet", "te1", "te2"}
+
+
+def test_sdxl_buckets_are_sized_by_area_around_1024():
+    from lib_training.data.buckets import assign_bucket, make_buckets
+
+    buckets = make_buckets(1024)
+    assert {(1024, 1024), (832, 1216), (1216, 832), (768, 1344), (896, 1152)} <= set(buckets)  # SDXL's own sizes
+    assert all(w * h <= 1024 ** 2 and max(w, h) <= 2048 and w % 64 == 0 == h % 64 for w, h in buckets)
+    assert assign_bucket(2000, 3000, buckets) == (832, 1216) and assign_bucket(1920, 1080, buckets) == (1344, 768)
+    assert max(max(b) for b in make_buckets(512)) == 1024  # SD 1.x keeps kohya's 1024 cap
