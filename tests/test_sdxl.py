@@ -4,6 +4,7 @@ and a tiny SDXL (real diffusers/transformers classes) that trains."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,22 @@ def test_sdxl_buckets_are_sized_by_area_around_1024():
     assert all(w * h <= 1024 ** 2 and max(w, h) <= 2048 and w % 64 == 0 == h % 64 for w, h in buckets)
     assert assign_bucket(2000, 3000, buckets) == (832, 1216) and assign_bucket(1920, 1080, buckets) == (1344, 768)
     assert max(max(b) for b in make_buckets(512)) == 1024  # SD 1.x keeps kohya's 1024 cap
+
+
+def test_random_real_size_builder_fills_every_weight_in_the_save_dtype(tmp_path):
+    """tools/random_checkpoint.py's real-size path (meta build, fill in fp16), on the tiny shapes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from random_checkpoint import _random_sdxl_in
+
+    configs = tiny_sdxl_configs()
+    models = _random_sdxl_in(configs, torch.float16, seed=0)
+    for model in models:
+        for name, param in model.named_parameters():
+            assert param.dtype == torch.float16 and param.device.type == "cpu" and torch.isfinite(param).all(), name
+            if param.dim() > 1:
+                assert param.float().std() > 0, name
+    path = save_sdxl_checkpoint(tmp_path / "r.safetensors", *models, configs, dtype=torch.float16)
+    loaded = load_checkpoint(path)
+    with torch.no_grad():
+        out = loaded.predict(torch.randn(1, 4, 8, 8), torch.tensor([500]), loaded.encode_prompts(["a cat"]))
+    assert torch.isfinite(out).all() and out.std() > 0
