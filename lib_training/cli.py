@@ -17,13 +17,13 @@ from .train import events as ev
 
 # flag -> (section, field, type, help)
 FLAGS: dict[str, tuple[str, str, Callable, str]] = {
-    "--checkpoint": ("model", "checkpoint", str, "single-file SD1.x/SD2.x checkpoint (.safetensors) to train on"),
-    "--prediction-type": ("model", "prediction_type", str, "auto (SD1: epsilon, SD2: v_prediction), epsilon or v_prediction"),
+    "--checkpoint": ("model", "checkpoint", str, "single-file SD1.x/SD2.x/SDXL checkpoint (.safetensors) to train on"),
+    "--prediction-type": ("model", "prediction_type", str, "auto (SD1: epsilon, SD2: v_prediction, SDXL: epsilon unless the file has a v_pred key), epsilon or v_prediction"),
     "--clip-skip": ("model", "clip_skip", int, "text-encoder layer from the end (1 = last, 2 = penultimate)"),
     "--data": ("data", "train_dir", str, "training folder in kohya layout: <repeats>_<trigger> <class>/ with images + .txt captions"),
     "--reg-data": ("data", "reg_dir", str, "class-image folder for DreamBooth prior preservation (optional)"),
     "--prior-loss-weight": ("data", "prior_loss_weight", float, "weight of the class-image loss (DreamBooth)"),
-    "--resolution": ("data", "resolution", int, "training resolution in pixels (SD1: 512, SD2: 768)"),
+    "--resolution": ("data", "resolution", int, "training resolution in pixels (SD1: 512, SD2: 768, SDXL: 1024)"),
     "--method": ("network", "method", str, f"one of {', '.join(METHODS)}: lora (default) trains a LoRA; full "
                  "fine-tunes the weights themselves (DreamBooth) and writes a single-file checkpoint"),
     "--output-dir": ("output", "output_dir", str, "folder for the LoRA files (e.g. the WebUI's models/Lora); with "

@@ -32,7 +32,7 @@ WEIGHT_DTYPES = ("auto", "fp32", "fp16", "bf16", "fp8")  # models/weight_dtype.p
 @dataclass
 class ModelSettings:
     checkpoint: str = ""  # single-file .safetensors (CLI); the WebUI uses its loaded model
-    prediction_type: str = "auto"  # auto = epsilon for SD1, v_prediction for SD2
+    prediction_type: str = "auto"  # auto = epsilon for SD1/SDXL (v_prediction with a v_pred key), v_prediction for SD2
     clip_skip: int = 1
     tokenizer_dir: str = ""  # vocab.json + merges.txt; empty = built offline from open_clip's BPE file
     weight_dtype: str = "auto"  # CLI: base weights as a GPU user's WebUI holds them (models/weight_dtype.py)

@@ -342,7 +342,7 @@ def test_scheduler_kwargs() -> None:
     assert scheduler.alphas_cumprod.shape == (1000,)
     torch.testing.assert_close(scheduler.alphas_cumprod[-1], torch.tensor(0.0047), atol=1e-4, rtol=0)
     with pytest.raises(ValueError):
-        sd_configs.unet_config("sdxl")
+        sd_configs.unet_config("sdxl-refiner")
 
 
 # ------------------------------------------------------------------ family & errors
@@ -357,13 +357,17 @@ def test_detect_family_from_text_encoder_or_context_width() -> None:
         lc.detect_family({k: torch.zeros(320, 8)})
 
 
-def test_sdxl_is_refused_with_an_actionable_message() -> None:
-    sdxl = {
-        "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
-        "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": torch.zeros(1),
-    }
-    with pytest.raises(CheckpointError, match="SDXL is not supported yet"):
-        lc.detect_family(sdxl, "xl.safetensors")
+def test_sdxl_base_is_detected_refiner_and_inpainting_are_refused() -> None:
+    clip_l = "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight"
+    big_g = "conditioner.embedders.1.model.ln_final.weight"
+    conv_in = "model.diffusion_model.input_blocks.0.0.weight"
+    base = {conv_in: torch.zeros(320, 4, 3, 3), clip_l: torch.zeros(1), big_g: torch.zeros(1)}
+    assert lc.detect_family(base, "xl.safetensors") == "sdxl"
+    refiner = {conv_in: torch.zeros(384, 4, 3, 3), "conditioner.embedders.0.model.ln_final.weight": torch.zeros(1)}
+    with pytest.raises(CheckpointError, match="refiner"):
+        lc.detect_family(refiner, "refiner.safetensors")
+    with pytest.raises(CheckpointError, match="inpainting"):
+        lc.detect_family({**base, conv_in: torch.zeros(320, 9, 3, 3)}, "xl-inpaint.safetensors")
 
 
 @pytest.mark.parametrize(

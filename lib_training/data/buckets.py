@@ -26,7 +26,8 @@ def make_buckets(
     bucket is a needlessly small copy of a larger one with the same shape. For resolution 512 this
     gives (512, 512), (576, 448), (448, 576), (640, 384), ... (256, 1024), (1024, 256).
     `min_size` is lowered for small resolutions (to resolution/2) and `max_size` raised to at least
-    the resolution, so tiny test resolutions such as 64 (with step 8) still get several shapes.
+    the resolution — to twice it from 1024 up (SDXL: 832x1216, 768x1344 ... as kohya's SDXL setups
+    with max_bucket_reso 2048; the area stays 1024²), so tiny test resolutions such as 64 (with step 8) still get several shapes.
     With `enabled=False` there is the single square bucket (resolution, resolution).
     """
     _check_grid(resolution, step)
@@ -75,7 +76,7 @@ def _size_limits(resolution: int, min_size: int, max_size: int, step: int) -> tu
     """Side limits snapped to the step grid and made consistent with the resolution."""
     half = max(step, (resolution // 2) // step * step)
     low = min(_round_up(max(min_size, step), step), half)
-    high = max(max_size // step * step, resolution)
+    high = max(max_size // step * step, resolution if resolution < 1024 else 2 * resolution)
     return low, high
 
 

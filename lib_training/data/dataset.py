@@ -12,6 +12,7 @@ import safetensors.torch
 import torch
 
 from ..fileio import atomic_write_bytes
+from ..models.adapter import SizeConditioning
 from ..seeding import derived_seed
 from .buckets import assign_bucket, make_buckets
 from .folders import ImageItem
@@ -24,6 +25,7 @@ Encoder = Callable[[torch.Tensor], torch.Tensor]
 class Sample:
     item: ImageItem
     bucket: tuple[int, int]  # (width, height)
+    original_size: tuple[int, int] = (0, 0)  # (width, height) of the file; (0, 0) = unknown, use the bucket
 
 
 def plan_samples(items: Sequence[ImageItem], resolution: int, bucketing: bool, step: int) -> list[Sample]:
@@ -32,8 +34,25 @@ def plan_samples(items: Sequence[ImageItem], resolution: int, bucketing: bool, s
     samples = []
     for item in items:
         width, height = load_rgb(item.path).size
-        samples.append(Sample(item, assign_bucket(width, height, buckets)))
+        samples.append(Sample(item, assign_bucket(width, height, buckets), (width, height)))
     return samples
+
+
+def size_conditioning(sample: Sample, flipped: bool) -> SizeConditioning:
+    """SDXL's size/crop conditioning of a sample, exactly as kohya's `get_crop_ltrb` and
+    `train_util` compute it: the crop box of the image *fitted inside* the bucket (Stability's
+    preprocessing), its left edge mirrored for a flipped sample."""
+    bucket_w, bucket_h = sample.bucket
+    width, height = sample.original_size if all(sample.original_size) else sample.bucket
+    image_ar = width / height
+    if bucket_w / bucket_h > image_ar:
+        resized_w, resized_h = bucket_h * image_ar, bucket_h
+    else:
+        resized_w, resized_h = bucket_w, bucket_w / image_ar
+    left, top = (bucket_w - resized_w) // 2, (bucket_h - resized_h) // 2
+    if flipped:
+        left = bucket_w - (left + resized_w)
+    return SizeConditioning((height, width), (int(top), int(left)), (bucket_h, bucket_w))
 
 
 def load_pixels(sample: Sample, flipped: bool) -> torch.Tensor:

@@ -90,7 +90,7 @@ def build_metadata(config: TrainConfig, model: ModelInfo, facts: RunFacts) -> di
         "ss_training_comment": "trained with LoRA Studio",
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": model.modelspec_architecture,
-        "modelspec.implementation": "diffusers",
+        "modelspec.implementation": model.modelspec_implementation,
         "modelspec.title": config.output.name,
         "modelspec.resolution": f"{resolution[0]}x{resolution[1]}",
         "modelspec.prediction_type": "v" if model.prediction_type == V_PREDICTION else "epsilon",

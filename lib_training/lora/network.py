@@ -41,10 +41,8 @@ def select_targets(model, shape: NetworkShape) -> list[LoraTarget]:
         shape.rank, shape.alpha, shape.conv_rank, shape.conv_alpha,
     )
     if shape.text_encoder:
-        targets += find_targets(
-            model.named_text_encoder_modules(), TEXT_ENCODER_PREFIX, TEXT_ENCODER_CONTAINERS,
-            shape.rank, shape.alpha,
-        )
+        for prefix, named_modules in model.text_encoder_parts():
+            targets += find_targets(named_modules, prefix, TEXT_ENCODER_CONTAINERS, shape.rank, shape.alpha)
     return targets
 
 
@@ -52,7 +50,7 @@ class LoraNetwork(nn.Module):
     def __init__(self, targets: list[LoraTarget]):
         super().__init__()
         if not targets:
-            raise CheckpointError("No LoRA target modules were found in this model; is it a Stable Diffusion 1.x/2.x model?")
+            raise CheckpointError("No LoRA target modules were found in this model; is it a Stable Diffusion 1.x/2.x or SDXL model?")
         self.lora_modules = nn.ModuleDict(
             {t.kohya_name: LoraModule(t.kohya_name, t.module, t.rank, t.alpha) for t in targets}
         )
@@ -108,7 +106,8 @@ class LoraNetwork(nn.Module):
             module.multiplier = multiplier
 
     def parameters_of(self, prefix: str) -> list[nn.Parameter]:
-        return [p for m in self if m.kohya_name.startswith(prefix + "_") for p in m.parameters()]
+        """Parameters of the modules whose key starts with `prefix` ('lora_te' covers SDXL's lora_te1/lora_te2)."""
+        return [p for m in self if m.kohya_name.startswith(prefix) for p in m.parameters()]
 
     def unet_parameters(self) -> list[nn.Parameter]:
         return self.parameters_of(UNET_PREFIX)
@@ -117,7 +116,7 @@ class LoraNetwork(nn.Module):
         return self.parameters_of(TEXT_ENCODER_PREFIX)
 
     def count(self, prefix: str) -> int:
-        return sum(1 for m in self if m.kohya_name.startswith(prefix + "_"))
+        return sum(1 for m in self if m.kohya_name.startswith(prefix))
 
     def kohya_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """`<name>.lora_down.weight`, `<name>.lora_up.weight`, `<name>.alpha`, contiguous, on CPU."""

@@ -8,7 +8,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .adapter import ModelInfo
+from ..lora.targets import TEXT_ENCODER_PREFIX
+from .adapter import ModelInfo, SizeConditioning
 from .fp8 import compute_dtype
 from .schedule import scaled_linear_alphas_cumprod
 
@@ -59,10 +60,10 @@ class DiffusersAdapter:
         return self._unet.named_modules()
 
     def named_text_encoder_modules(self) -> Iterator[tuple[str, nn.Module]]:
-        # kohya names use transformers 4's paths ('text_model.encoder...'); 5.x dropped that level.
-        if hasattr(self._text_encoder, "text_model"):
-            return self._text_encoder.named_modules()
-        return self._text_encoder.named_modules(prefix="text_model")
+        return named_clip_modules(self._text_encoder)
+
+    def text_encoder_parts(self) -> list[tuple[str, Iterator[tuple[str, nn.Module]]]]:
+        return [(TEXT_ENCODER_PREFIX, self.named_text_encoder_modules())]
 
     def checkpoint_units(self) -> list[nn.Module]:
         """Blocks whose activations are recomputed under gradient checkpointing."""
@@ -108,8 +109,16 @@ class DiffusersAdapter:
         hidden = out.hidden_states[-clip_skip]
         return _text_root(self._text_encoder).final_layer_norm(hidden)
 
-    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
+                sizes: Sequence[SizeConditioning] | None = None) -> torch.Tensor:
         return self._unet(noisy_latents, timesteps, encoder_hidden_states=cond).sample
+
+
+def named_clip_modules(text_encoder: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """kohya names use transformers 4's paths ('text_model.encoder...'); 5.x dropped that level."""
+    if hasattr(text_encoder, "text_model"):
+        return text_encoder.named_modules()
+    return text_encoder.named_modules(prefix="text_model")
 
 
 def _text_root(text_encoder: nn.Module) -> nn.Module:

@@ -36,7 +36,7 @@ TEXT_MODEL = "text_model."
 Config = Mapping[str, Any]
 StateDict = Mapping[str, torch.Tensor]
 
-_SUPPORTED = "Use a Stable Diffusion 1.x or 2.x checkpoint (.safetensors or .ckpt)."
+_SUPPORTED = "Use a Stable Diffusion 1.x, 2.x or SDXL checkpoint (.safetensors)."
 
 # --------------------------------------------------------------------------- UNet map
 
@@ -122,6 +122,9 @@ def unet_module_map(config: Config) -> dict[str, str]:
         "out.0": "conv_norm_out",
         "out.2": "conv_out",
     }
+    if config.get("addition_embed_type") == "text_time":  # SDXL: pooled text + size conditioning
+        out.update({"label_emb": "add_embedding", "label_emb.0.0": "add_embedding.linear_1",
+                    "label_emb.0.2": "add_embedding.linear_2"})
     _add_down_blocks(out, channels, layers, down_attn, depths)
     _add_res_attn_res(out, "middle_block", "mid_block", channels[-1], depths[-1])
     _add_up_blocks(out, channels, layers[::-1], up_attn, up_depths)
@@ -362,12 +365,10 @@ def _sd2_text_to_ldm(text_sd: StateDict) -> dict[str, torch.Tensor]:
 
 
 def detect_family(state_dict: StateDict, name: str = "the checkpoint") -> str:
-    """"sd1" or "sd2" from the keys of a single-file checkpoint; CheckpointError otherwise."""
+    """"sd1", "sd2" or "sdxl" from the keys of a single-file checkpoint; CheckpointError otherwise."""
     keys = list(state_dict.keys())
     if any(k.startswith(SDXL_PREFIX) for k in keys):
-        raise CheckpointError(
-            f"{name} is an SDXL checkpoint: SDXL is not supported yet. Pick an SD 1.x or 2.x base model."
-        )
+        return _sdxl_base_or_refused(state_dict, name)
     if not any(k.startswith(UNET_PREFIX) for k in keys):
         raise CheckpointError(f"{name} is not a Stable Diffusion checkpoint: {_why_not_sd(keys)} {_SUPPORTED}")
     if any(k.startswith(SD2_TEXT_PREFIX) for k in keys):
@@ -381,6 +382,19 @@ def detect_family(state_dict: StateDict, name: str = "the checkpoint") -> str:
     raise CheckpointError(
         f"{name}: cannot tell SD1 from SD2 (no text encoder and cross-attention width {context}). {_SUPPORTED}"
     )
+
+
+def _sdxl_base_or_refused(state_dict: StateDict, name: str) -> str:
+    """SDXL base-architecture checkpoints (base, Pony, Illustrious, NoobAI...) -> "sdxl"; the refiner
+    (one text encoder, bigG only) and SDXL inpainting (9 UNet input channels) are refused."""
+    if not any(k.startswith(SDXL_PREFIX + "0.transformer.") for k in state_dict):
+        raise CheckpointError(f"{name} is an SDXL refiner (it has no CLIP-L text encoder); LoRA Studio trains "
+                              "SDXL base-architecture models. Pick an SDXL base checkpoint.")
+    conv_in = state_dict.get(UNET_PREFIX + "input_blocks.0.0.weight")
+    if conv_in is not None and conv_in.shape[1] != 4:
+        raise CheckpointError(f"{name} is an SDXL inpainting (or other extra-input) model ({conv_in.shape[1]} "
+                              "UNet input channels); pick a plain text-to-image SDXL checkpoint.")
+    return "sdxl"
 
 
 def _why_not_sd(keys: list[str]) -> str:

@@ -10,6 +10,8 @@ import torch
 from .adapter import EPSILON, V_PREDICTION, ModelInfo
 from .clip_tokenizer import load_clip_tokenizer
 from .diffusers_backend import DiffusersAdapter
+from .sd_configs import SDXL_LATENT_SCALE
+from .sdxl_backend import SdxlAdapter
 
 CLIP_VOCAB = 49408
 
@@ -69,7 +71,46 @@ def _reinit_zero_outputs(unet: torch.nn.Module) -> None:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
 
 
+def tiny_sdxl_unet_config() -> dict:
+    """SDXL's shape in miniature: no attention at the first level, deeper transformers further
+    down, linear projections, and the `text_time` embedding of pooled text + six size numbers."""
+    return dict(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2), attention_head_dim=(4, 8),
+        cross_attention_dim=64, use_linear_projection=True, norm_num_groups=8,
+        addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=32 + 6 * 8,
+    )
+
+
+def tiny_sdxl_configs() -> dict:
+    """unet / vae / CLIP-L ("text") / bigG ("text_2") kwargs of a tiny SDXL."""
+    big_g = {**tiny_text_config("sd2"), "projection_dim": 32}
+    return {"unet": tiny_sdxl_unet_config(), "vae": {**tiny_vae_config(), "scaling_factor": SDXL_LATENT_SCALE},
+            "text": tiny_text_config("sd1"), "text_2": big_g}
+
+
+def build_sdxl_models(configs: dict, seed: int = 0):
+    """(unet, vae, clip_l, big_g) with random weights, in eval mode, frozen."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    unet, vae, clip_l = build_models(configs["unet"], configs["vae"], configs["text"], seed)
+    big_g = CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_2"])).eval().requires_grad_(False)
+    return unet, vae, clip_l, big_g
+
+
+def tiny_sdxl_adapter(seed: int = 0, prediction_type: str = EPSILON) -> SdxlAdapter:
+    unet, vae, clip_l, big_g = build_sdxl_models(tiny_sdxl_configs(), seed)
+    info = ModelInfo(family="sdxl", prediction_type=prediction_type, name="tiny-sdxl")
+    return SdxlAdapter(unet, vae, clip_l, big_g, load_clip_tokenizer(), info)
+
+
 def tiny_adapter(family: str = "sd1", seed: int = 0, prediction_type: str | None = None) -> DiffusersAdapter:
+    if family == "sdxl":
+        return tiny_sdxl_adapter(seed, prediction_type or EPSILON)
     configs = {"unet": tiny_unet_config(family), "vae": tiny_vae_config(), "text": tiny_text_config(family)}
     unet, vae, text_encoder = build_models(configs["unet"], configs["vae"], configs["text"], seed)
     prediction = prediction_type or (EPSILON if family == "sd1" else V_PREDICTION)

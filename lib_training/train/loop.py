@@ -14,13 +14,14 @@ import torch
 
 from ..config import TrainConfig
 from ..data.captions import process_caption
-from ..data.dataset import LatentCache, Sample, epoch_batches
+from ..data.dataset import LatentCache, Sample, epoch_batches, size_conditioning
 from ..errors import SettingsError, TrainingCancelled, TrainingError
 from ..fileio import atomic_write_text
 from ..lora.io import save_lora
 from ..lora.metadata import RunFacts, build_metadata
 from ..lora.network import LoraNetwork, NetworkShape
-from ..models.adapter import ModelAdapter
+from ..models.adapter import ModelAdapter, SizeConditioning
+from ..models.conditioning import split_rows, stack_rows
 from ..seeding import derived_seed, generator
 from . import events as ev
 from .cpu_autocast import cuda_like_norms
@@ -48,11 +49,13 @@ class NoisedBatch:
     timesteps: torch.Tensor
     captions: list[str]
     target: torch.Tensor
+    sizes: list[SizeConditioning] = field(default_factory=list)  # SDXL's size/crop conditioning
 
     @staticmethod
     def joined(parts: list[NoisedBatch]) -> NoisedBatch:
         return NoisedBatch(torch.cat([p.noisy for p in parts]), torch.cat([p.timesteps for p in parts]),
-                           [c for p in parts for c in p.captions], torch.cat([p.target for p in parts]))
+                           [c for p in parts for c in p.captions], torch.cat([p.target for p in parts]),
+                           [s for p in parts for s in p.sizes])
 
 
 @dataclass
@@ -262,13 +265,14 @@ class _Trainer:
         noise = sample_noise(latents, t.noise_offset, gen)
         alphas = self.model.alphas_cumprod
         target = target_for(self.model.info.prediction_type, latents, noise, timesteps, alphas)
-        return NoisedBatch(add_noise(latents, noise, timesteps, alphas), timesteps, captions, target)
+        sizes = [size_conditioning(samples[i], f) for i, f in zip(batch, flips)]
+        return NoisedBatch(add_noise(latents, noise, timesteps, alphas), timesteps, captions, target, sizes)
 
     def _losses(self, b: NoisedBatch) -> torch.Tensor:
         """Per-sample loss (min-SNR weighted when set)."""
         with self._autocast():
             cond = self._conditioning(b.captions)
-            prediction = self.model.predict(b.noisy.to(self.precision.weights), b.timesteps, cond)
+            prediction = self.model.predict(b.noisy.to(self.precision.weights), b.timesteps, cond, b.sizes)
         losses = per_sample_mse(prediction, b.target)
         gamma = self.c.train.min_snr_gamma
         if gamma > 0:
@@ -285,9 +289,9 @@ class _Trainer:
         missing = [c for c in dict.fromkeys(captions) if c not in self.cond_cache]
         if missing:
             with torch.no_grad():
-                for caption, cond in zip(missing, self.model.encode_prompts(missing)):
+                for caption, cond in zip(missing, split_rows(self.model.encode_prompts(missing))):
                     self.cond_cache[caption] = cond
-        return torch.stack([self.cond_cache[c] for c in captions])
+        return stack_rows([self.cond_cache[c] for c in captions])
 
     def _autocast(self):
         if self.autocast_dtype is None:

@@ -22,6 +22,7 @@ from ...train.host_memory import return_freed_memory
 from ...train.full import is_full
 from ...train.loop import TrainResult, train
 from .ldm_adapter import LdmAdapter, ldm_family, prediction_type
+from .sgm_adapter import SgmAdapter, is_sgm, sgm_family
 
 
 def check_supported(sd_model, cmd_opts, device: torch.device) -> None:
@@ -51,7 +52,8 @@ def model_info(sd_model, clip_skip: int) -> ModelInfo:
     sha256 = getattr(checkpoint, "sha256", "") or ""
     if checkpoint is not None and not sha256:
         sha256 = checkpoint.calculate_shorthash() and checkpoint.sha256 or ""  # A1111 caches it in cache.json
-    return ModelInfo(family=ldm_family(sd_model), prediction_type=prediction_type(sd_model), name=name,
+    family = sgm_family(sd_model) if is_sgm(sd_model) else ldm_family(sd_model)
+    return ModelInfo(family=family, prediction_type=prediction_type(sd_model), name=name,
                      legacy_hash=legacy, sha256=sha256, clip_skip=clip_skip)
 
 
@@ -133,7 +135,8 @@ def webui_adapter(config: TrainConfig) -> tuple[LdmAdapter, TrainConfig, list[st
     check_supported(sd_model, shared.cmd_opts, devices.device)
     check_full_supported(config, shared.cmd_opts)
     clip_skip = int(getattr(shared.opts, "CLIP_stop_at_last_layers", 1) or 1)
-    adapter = LdmAdapter(sd_model, model_info(sd_model, clip_skip), device=devices.device)
+    adapter_class = SgmAdapter if is_sgm(sd_model) else LdmAdapter
+    adapter = adapter_class(sd_model, model_info(sd_model, clip_skip), device=devices.device)
     config, notes = fit_to_model(config, adapter)
     return adapter, config, notes
 
@@ -143,7 +146,11 @@ def fit_to_model(config: TrainConfig, adapter: LdmAdapter) -> tuple[TrainConfig,
     notes: list[str] = []
     if config.network.train_text_encoder and not adapter.text_encoder_trainable:
         config = dataclasses.replace(config, network=dataclasses.replace(config.network, train_text_encoder=False))
-        notes.append("SD 2.x text-encoder LoRA is not supported yet: training the UNet only.")
+        if adapter.info.family == "sdxl":
+            notes.append("SDXL in the WebUI trains the UNet only (kohya's advice for SDXL; A1111's bigG text encoder "
+                         "fuses q/k/v into one weight that a LoRA hook cannot reach). Text-encoder training is off.")
+        else:
+            notes.append("SD 2.x text-encoder LoRA is not supported yet: training the UNet only.")
     return config, notes
 
 

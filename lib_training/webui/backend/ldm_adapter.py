@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError
-from ...models.adapter import EPSILON, V_PREDICTION, ModelInfo
+from ...lora.targets import TEXT_ENCODER_PREFIX
+from ...models.adapter import EPSILON, V_PREDICTION, ModelInfo, SizeConditioning
 from ...models.fp8 import compute_dtype
 from ...train.cpu_autocast import cuda_like_norms
 from .ldm_names import named_unet_modules
@@ -24,8 +25,8 @@ from .ldm_names import named_unet_modules
 def ldm_family(sd_model) -> str:
     """'sd1' or 'sd2' from the loaded model's parts; anything else is refused."""
     if getattr(sd_model, "is_sdxl", False) or hasattr(sd_model, "conditioner"):
-        raise CheckpointError("The loaded model is SDXL; LoRA Studio trains SD 1.x and 2.x models so far. "
-                              "Load an SD 1.x or 2.x checkpoint in the WebUI and start again.")
+        raise CheckpointError("The loaded model is SDXL (an sgm DiffusionEngine): the SDXL backend "
+                              "(sgm_adapter.SgmAdapter) trains it, not the ldm one.")
     if getattr(sd_model.model, "conditioning_key", "crossattn") != "crossattn":
         raise CheckpointError("The loaded model is an inpainting or instruct-pix2pix model (extra UNet inputs); "
                               "load a plain text-to-image checkpoint to train a LoRA.")
@@ -87,6 +88,9 @@ class LdmAdapter:
         if transformer is None:  # SD2's open_clip: see `text_encoder_trainable`
             return iter(())
         return transformer.named_modules()
+
+    def text_encoder_parts(self) -> list[tuple[str, Iterator[tuple[str, nn.Module]]]]:
+        return [(TEXT_ENCODER_PREFIX, self.named_text_encoder_modules())]
 
     @property
     def text_encoder_trainable(self) -> bool:
@@ -155,5 +159,6 @@ class LdmAdapter:
         cond = self.sd_model.cond_stage_model(list(prompts))
         return cond.to(self.device)
 
-    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
+                sizes: Sequence[SizeConditioning] | None = None) -> torch.Tensor:
         return self._unet(noisy_latents, timesteps, context=cond.to(self.dtype))

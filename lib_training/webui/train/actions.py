@@ -61,9 +61,9 @@ def estimate_markdown(method: str, values: Sequence[Any], folders: Folders, devi
         return f"⚠ {html.escape(form.error_text(error))}"
 
 
-def preset_values(preset_label: str) -> tuple[str, dict[str, Any]]:
-    """(description, {field key: value}) of a preset."""
-    preset = find_preset(preset_label)
+def preset_values(preset_label: str, family: str = "sd1") -> tuple[str, dict[str, Any]]:
+    """(description, {field key: value}) of a preset, for the loaded model's family."""
+    preset = find_preset(preset_label, family)
     return preset.description, dict(preset.values)
 
 

@@ -12,7 +12,8 @@ otherwise looked up in `SECONDS_PER_IMAGE_512` (community kohya sd-scripts timin
 rounded). Sample images (every N steps, and the WebUI's final preview) are added: measured per
 prompt on earlier runs, else a third of a training image per sampler step. Factors: gradient checkpointing ×1.25, text encoder
 trained ×1.1, rank (1 + rank/256) / (1 + 32/256), conv layers ×1.1, latents not cached ×1.15,
-no mixed precision on CUDA ×2, DreamBooth (one class batch per step) ×2, SD 2.x ×1.1; a full
+no mixed precision on CUDA ×2, DreamBooth (one class batch per step) ×2, SD 2.x ×1.1, SDXL ×2.5
+(per pixel: its UNet is ~3× SD 1.5's parameters, most of them at the coarser levels); a full
 fine-tune (every weight gets a gradient and an optimizer update) ×1.4 instead of the rank factor.
 
 Memory (GPU, or RAM on CPU) is a sum, rough by design (±30%):
@@ -20,7 +21,8 @@ Memory (GPU, or RAM on CPU) is a sum, rough by design (±30%):
   + LoRA training state (LoRA parameters × bytes per parameter for weights, grads and the
     optimizer's state: AdamW 16, Lion 12, Prodigy 24, AdamW8bit 10)
   + activations kept for backward: 2.8 GB per 512² image at fp16 without gradient checkpointing,
-    0.7 GB with it (SD 1.5 with SDP attention; ×2 without mixed precision, ×1.15 for SD 2.x,
+    0.7 GB with it (SD 1.5 with SDP attention; ×2 without mixed precision, ×1.15 for SD 2.x, ×1.3 for
+    SDXL, set so that an SDXL LoRA at 1024 px, batch 1, checkpointed, fits a 12 GB card as with kohya,
     +0.2 GB per image when the text encoder trains), × images per micro-batch × (W×H / 512²)
   + the VAE encoder when latents are not cached (1.2 GB per 512² image)
   + 0.8 GB for the CUDA context and allocator slack.
@@ -55,9 +57,13 @@ SECONDS_PER_IMAGE_512: tuple[tuple[str, float], ...] = (
 )
 DEFAULT_SECONDS = {"cuda": 0.35, "mps": 1.5, "xpu": 0.6, "cpu": 20.0}
 
-PARAMETERS = {"sd1": 1.07e9, "sd2": 1.29e9}  # UNet + text encoder + VAE
+PARAMETERS = {"sd1": 1.07e9, "sd2": 1.29e9, "sdxl": 3.47e9}  # UNet + text encoder(s) + VAE
+# (UNet, text encoders): sum of in + out features over kohya's default targets (SDXL: 722 UNet
+# modules, tests/data/sdxl_kohya_lora_names.json; 72 CLIP-L + 192 bigG text-encoder modules).
+LORA_PARAMS_PER_RANK = {"sd1": (0.42e6, 0.166e6), "sd2": (0.44e6, 0.424e6), "sdxl": (2.66e6, 0.903e6)}
 VAE_PARAMETERS = 0.084e9  # kept in 16 bits when A1111 stores the rest in fp8
-LORA_PARAMS_PER_RANK = {"sd1": (0.42e6, 0.166e6), "sd2": (0.44e6, 0.424e6)}  # (UNet, text encoder)
+FAMILY_TIME_FACTOR = {"sd2": 1.1, "sdxl": 2.5}
+FAMILY_ACTIVATION_FACTOR = {"sd2": 1.15, "sdxl": 1.3}
 CONV_PARAMS_PER_RANK = 0.55e6
 OPTIMIZER_BYTES = {"adamw": 16, "lion": 12, "prodigy": 24, "adamw8bit": 10}
 FULL_PARAMS = {"sd1": (0.86e9, 0.123e9), "sd2": (0.866e9, 0.34e9)}  # (UNet, text encoder) trained by "full"
@@ -213,8 +219,7 @@ def step_factor(config: TrainConfig, family: str = "sd1", device_kind: str = "cu
         factor *= 2
     if d.reg_dir:
         factor *= 2
-    if family == "sd2":
-        factor *= 1.1
+    factor *= FAMILY_TIME_FACTOR.get(family, 1.0)
     return factor
 
 
@@ -244,8 +249,7 @@ def memory_gb(config: TrainConfig, device: DeviceInfo, family: str = "sd1") -> t
     per_image = ACTIVATION_GB_512_CHECKPOINTED if t.gradient_checkpointing else ACTIVATION_GB_512
     if device.kind != "cuda" or t.mixed_precision == "no":
         per_image *= 2  # fp32 activations
-    if family == "sd2":
-        per_image *= 1.15
+    per_image *= FAMILY_ACTIVATION_FACTOR.get(family, 1.0)
     if train_te:
         per_image += TEXT_ENCODER_ACTIVATION_GB
     images = t.batch_size * (2 if d.reg_dir else 1)
@@ -369,13 +373,13 @@ def device_info_from_torch(device, half_weights: bool = True, measured_seconds: 
 REFERENCE_GPU = "12 GB RTX 3060-class GPU"
 
 
-def reference_cost(values: dict) -> tuple[float, float]:
-    """(seconds per step, GB) of preset values at 512 px on REFERENCE_GPU, for the presets' descriptions."""
+def reference_cost(values: dict, family: str = "sd1") -> tuple[float, float]:
+    """(seconds per step, GB) of preset values (at their resolution) on REFERENCE_GPU, for the presets' descriptions."""
     sections: dict = {}
     for key, value in values.items():
         section, name = key.split(".", 1)
         sections.setdefault(section, {})[name] = value
     config = TrainConfig.from_dict(sections, source="the preset")
     device = DeviceInfo("cuda", "RTX 3060", 12.0)
-    return seconds_per_step(config, device)[0], memory_gb(config, device)[0]
+    return seconds_per_step(config, device, family)[0], memory_gb(config, device, family)[0]
 

@@ -96,7 +96,7 @@ FIELDS: tuple[Field, ...] = (
     Field("train.grad_accumulation", "Gradient accumulation", "int", SCHEDULE),
     Field("train.save_every_epochs", "Save every N epochs", "int", SCHEDULE,
           "0 = final file only; 1 = <name>-000001.safetensors ... for comparing"),
-    Field("data.resolution", "Resolution", "int", DATA, "512 for SD 1.x, 768 for SD 2.x 768-v"),
+    Field("data.resolution", "Resolution", "int", DATA, "512 for SD 1.x, 768 for SD 2.x 768-v, 1024 for SDXL"),
     Field("data.bucketing", "Aspect-ratio buckets", "bool", DATA, "keep each image's shape instead of square crops"),
     Field("data.bucket_step", "Bucket step (px)", "int", DATA),
     Field("data.flip", "Random horizontal flips", "bool", DATA, "only for subjects that look the same mirrored"),

@@ -7,6 +7,10 @@ for subjects that look the same mirrored; style LoRAs train the text encoder lit
 all and may add the 3×3 convolutions. Every preset saves every epoch: users learn more from
 comparing epochs than from exact learning rates (the Compare tab does the choosing).
 
+SDXL (Pony, Illustrious, NoobAI...): the same three presets, changed as kohya advises for SDXL LoRAs
+(`SDXL_CHANGES`): 1024 px, UNet lr 1e-4, text encoders off, gradient checkpointing on, and captions
+kept in order so the frozen text encoders' outputs are computed once per caption and cached.
+
 A preset only sets training values (`section.field` keys of TrainConfig); it never touches the
 dataset folder, the output name or the trigger word.
 """
@@ -45,12 +49,32 @@ _COMMON: dict[str, Any] = {
 }
 
 
+# SDXL versions of the presets: kohya's SDXL advice (text encoders not trained, lower UNet lr, 1024 px,
+# checkpointing); no caption shuffle, since cached text-encoder outputs need the caption fixed (kohya
+# refuses --cache_text_encoder_outputs with --shuffle_caption). Ranks stay 16-32.
+SDXL_CHANGES: dict[str, Any] = {
+    "data.resolution": 1024,
+    "data.shuffle_captions": False,
+    "network.train_text_encoder": False,
+    "optimizer.unet_lr": 1e-4,
+    "optimizer.text_encoder_lr": 0.0,
+    "train.gradient_checkpointing": True,
+}
+
+
 @dataclass(frozen=True)
 class Preset:
     key: str
     label: str
     summary: str  # what it is for, in a few words
     values: Mapping[str, Any]  # "section.field" -> value, applied on top of the form
+    family: str = "sd1"  # the model family the values are for ("sdxl": with SDXL_CHANGES)
+
+    def for_family(self, family: str) -> "Preset":
+        """This preset for the loaded model's family (SDXL gets `SDXL_CHANGES`; SD 1.x/2.x as they are)."""
+        if family != "sdxl" or self.family == "sdxl":
+            return self
+        return Preset(self.key, self.label, self.summary, {**self.values, **SDXL_CHANGES}, family="sdxl")
 
     @property
     def description(self) -> str:
@@ -60,12 +84,14 @@ class Preset:
         low, high = TARGET_SAMPLES_PER_EPOCH
         per_epoch = (low + high) // 2
         steps = per_epoch // PRESET_BATCH * PRESET_EPOCHS
-        seconds_per_step, memory = reference_cost(self.values)
+        seconds_per_step, memory = reference_cost(self.values, self.family)
         v = self.values
         te = "text encoder off" if not v["network.train_text_encoder"] else f"TE lr {v['optimizer.text_encoder_lr']:g}"
         conv = f", conv {v['network.conv_rank']}" if v["network.conv_rank"] else ""
         return (f"{self.label}: {self.summary}. Rank {v['network.rank']}/alpha {v['network.alpha']:g}{conv}, UNet lr "
-                f"{v['optimizer.unet_lr']:g}, {te}, {v['optimizer.scheduler']}. ≈{steps} steps ({per_epoch} images × "
+                f"{v['optimizer.unet_lr']:g}, {te}, {v['optimizer.scheduler']}"
+                + (f", {v['data.resolution']} px (SDXL)" if self.family == "sdxl" else "")
+                + f". ≈{steps} steps ({per_epoch} images × "
                 f"repeats per epoch, batch {PRESET_BATCH}, {PRESET_EPOCHS} epochs, a file every epoch), "
                 f"≈{format_duration(steps * seconds_per_step)} and ≈{memory:.0f} GB on a {REFERENCE_GPU} "
                 "(the estimate's model; press Estimate for your dataset and GPU).")
@@ -113,11 +139,11 @@ def preset_choices() -> list[str]:
     return [preset.label for preset in PRESETS.values()]
 
 
-def find_preset(key_or_label: str) -> Preset:
-    """The preset with this key or label; KeyError naming the choices otherwise."""
+def find_preset(key_or_label: str, family: str = "sd1") -> Preset:
+    """The preset with this key or label, for a model of `family`; KeyError naming the choices otherwise."""
     for preset in PRESETS.values():
         if key_or_label in (preset.key, preset.label):
-            return preset
+            return preset.for_family(family)
     raise KeyError(f"No preset {key_or_label!r}; choose one of: {', '.join(PRESETS)}.")
 
 

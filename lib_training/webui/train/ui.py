@@ -60,10 +60,18 @@ def _device_and_family():
     from .estimate import device_info_from_torch
 
     half = not getattr(shared.cmd_opts, "no_half", False)
-    model = shared.sd_model
-    family = "sd2" if getattr(model, "is_sd2", False) else "sd1"
     device = device_info_from_torch(devices.device, half_weights=half, fp8_weights=bool(getattr(devices, "fp8", False)))
-    return calibrated(device, _folders().run_roots, devices.device), family
+    return calibrated(device, _folders().run_roots, devices.device), _loaded_family()
+
+
+def _loaded_family() -> str:
+    """'sdxl', 'sd2' or 'sd1' from the loaded model's flags (A1111 sets is_sdxl / is_sd2)."""
+    from modules import shared
+
+    model = shared.sd_model
+    if getattr(model, "is_sdxl", False):
+        return "sdxl"
+    return "sd2" if getattr(model, "is_sd2", False) else "sd1"
 
 
 def _checkpoint_file() -> str:
@@ -181,7 +189,7 @@ def create_train_tab(default_preset_label: str) -> dict:
                   outputs=[dreambooth_group], show_progress=False)
 
     def apply_preset(label):
-        description, values = train_actions.preset_values(label)
+        description, values = train_actions.preset_values(label, _loaded_family())
         return [description] + [gr.update(value=values[key]) if key in values else gr.update()
                                 for key in form.FIELD_KEYS]
 
