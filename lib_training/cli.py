@@ -58,6 +58,8 @@ SWITCHES: dict[str, tuple[str, str, bool, str]] = {
     "--no-cache-latents": ("data", "cache_latents", False, "encode images every step instead of once"),
     "--flip": ("data", "flip", True, "also train on mirrored images"),
     "--overwrite": ("output", "overwrite", True, "replace an existing <name>.safetensors"),
+    "--strict": ("data", "strict", True, "refuse to start when any file would be left out (default: files that "
+                 "cannot be trained on are left out and listed once)"),
 }
 
 
@@ -188,6 +190,7 @@ def _train(config: TrainConfig, args: argparse.Namespace) -> int:
     from .train.loop import train
 
     config.validate(need_checkpoint=True)
+    checked = _preflight(config)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     dtype, fp8 = resolve_weight_dtype(config.model.weight_dtype, config.train.mixed_precision,
                                       torch.device(device).type)
@@ -199,7 +202,7 @@ def _train(config: TrainConfig, args: argparse.Namespace) -> int:
     cancel = ev.CancelToken()
     progress = _Progress()
     try:
-        result = train(config, model, on_event=progress, cancel=cancel, resume=args.resume)
+        result = train(config, model, on_event=progress, cancel=cancel, resume=args.resume, checked=checked)
     except KeyboardInterrupt:
         raise TrainingCancelled("Interrupted.") from None
     finally:
@@ -213,6 +216,15 @@ def _train(config: TrainConfig, args: argparse.Namespace) -> int:
     if result.extracted_lora is not None:
         print(f"  extracted LoRA {result.extracted_lora}")
     return 0
+
+
+def _preflight(config: TrainConfig):
+    """The dataset's pre-flight, before the checkpoint is loaded: one listing of what is left out."""
+    from .train.plan import preflight_for
+
+    checked = preflight_for(config)
+    print(checked.format_text(), flush=True)
+    return checked
 
 
 class _Progress:

@@ -53,6 +53,7 @@ class DataSettings:
     caption_dropout: float = 0.0
     cache_latents: bool = True
     cache_latents_to_disk: bool = False
+    strict: bool = False  # refuse to start when the pre-flight would leave any file out (default: leave it out)
 
 
 @dataclass

@@ -229,25 +229,63 @@ def test_empty_folder_names_folders_and_layout(tmp_path):
 @pytest.mark.parametrize(
     ("folder", "fragments"),
     [
-        ("abc_x", ["abc_x", "repeat count", "'abc' is not a whole number", "10_abc_x"]),
+        ("abc_x", ["abc_x", "repeat count", "'abc' is not a whole number", "10_abc_x", "left out"]),
         ("woman", ["woman", "repeat count", "10_woman"]),
         ("0_woman", ["0_woman", "0 repeats", "1_woman"]),
+        ("-1_woman", ["-1_woman", "negative repeat count", "1_woman"]),
     ],
 )
-def test_bad_subset_names(tmp_path, photos, folder, fragments):
+def test_bad_subset_names_are_skipped_and_reported_as_kohya_does(tmp_path, photos, folder, fragments):
     _save(photos["chelsea"], tmp_path / "train" / folder / "a.png")
     _save(photos["coffee"], tmp_path / "train" / "10_ok" / "a.png")
-    with pytest.raises(DatasetError) as err:
-        scan_dataset(tmp_path / "train")
+    spec = scan_dataset(tmp_path / "train")
+    assert [s.name for s in spec.subsets] == ["10_ok"]
+    (skipped,) = spec.skipped
+    assert skipped.code == "folder_name" and skipped.path.name == folder
     for fragment in fragments:
-        assert fragment in str(err.value)
+        assert fragment in skipped.reason
 
 
-def test_loose_images_next_to_subsets_are_refused(tmp_path, photos):
+def test_only_badly_named_folders_give_an_empty_dataset_with_the_reasons(tmp_path, photos):
+    for folder in ("0_a", "-1_b", "c"):
+        _save(photos["chelsea"], tmp_path / folder / "a.png")
+    spec = scan_dataset(tmp_path)
+    assert spec.num_train_images == 0 and [s.path.name for s in spec.skipped] == ["-1_b", "0_a", "c"]
+
+
+def test_loose_images_next_to_subsets_are_left_out_and_reported(tmp_path, photos):
     _save(photos["chelsea"], tmp_path / "stray.png")
     _save(photos["coffee"], tmp_path / "10_ok" / "a.png")
-    with pytest.raises(DatasetError, match="stray.png.*move them into"):
-        scan_dataset(tmp_path)
+    spec = scan_dataset(tmp_path)
+    assert [i.path.name for i in spec.train_items] == ["a.png"]
+    assert [(e.code, e.path.name) for e in spec.skipped] == [("loose_image", "stray.png")]
+    assert "Move it into" in spec.skipped[0].reason
+
+
+def test_a_kohya_project_folder_is_read_as_its_img_and_reg(tmp_path, photos):
+    _save(photos["chelsea"], tmp_path / "img" / "2_sks cat" / "a.png")
+    _save(photos["coffee"], tmp_path / "reg" / "1_cat" / "b.png")
+    spec = scan_dataset(tmp_path)
+    assert [(s.name, s.is_reg) for s in spec.subsets] == [("2_sks cat", False), ("1_cat", True)]
+
+
+def test_links_leaving_the_dataset_are_never_followed(tmp_path, photos):
+    outside = _save(photos["chelsea"], tmp_path / "private" / "secret.png")
+    (tmp_path / "private" / "secret.txt").write_text("private words", encoding="utf-8")
+    data = tmp_path / "data" / "5_x"
+    _save(photos["coffee"], data / "ok.png")
+    (data / "link.png").symlink_to(outside)
+    (data / "ok.txt").symlink_to(tmp_path / "private" / "secret.txt")
+    (data / "loop.png").symlink_to(data / "loop.png")
+    (tmp_path / "data" / "5_dir").symlink_to(tmp_path / "private", target_is_directory=True)
+    inside = data / "inside.png"
+    inside.symlink_to(data / "ok.png")  # a link that stays inside is fine
+    spec = scan_dataset(tmp_path / "data")
+    assert sorted(i.path.name for i in spec.train_items) == ["inside.png", "ok.png"]
+    assert all(i.caption == "x" for i in spec.train_items)  # the outside caption was not read
+    codes = {e.path.name: e.code for e in spec.skipped}
+    assert codes == {"5_dir": "outside_dataset", "link.png": "outside_dataset", "ok.txt": "outside_dataset",
+                     "loop.png": "broken_link"}
 
 
 # ----------------------------------------------------------------------------- images: good files

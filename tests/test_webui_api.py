@@ -29,7 +29,7 @@ class BlockingRunner:
         self.running = threading.Event()
         self.release = threading.Event()
 
-    def __call__(self, config, on_event, cancel, resume=False):
+    def __call__(self, config, on_event, cancel, resume=False, checked=None):
         on_event(ev.Started(total_steps=3, steps_per_epoch=3, epochs=1, num_train_images=2, num_reg_images=0))
         on_event(ev.StepDone(step=1, total_steps=3, epoch=1, loss=0.5, lr=1e-4, elapsed_s=1, eta_s=2))
         self.running.set()

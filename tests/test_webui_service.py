@@ -34,7 +34,7 @@ class FakeRunner:
         self.release = threading.Event()
         self.calls = []
 
-    def __call__(self, config, on_event, cancel, resume=False):
+    def __call__(self, config, on_event, cancel, resume=False, checked=None):
         self.calls.append((config, resume))
         out = Path(config.output.output_dir)
         on_event(ev.Started(total_steps=self.steps, steps_per_epoch=2, epochs=2, num_train_images=2,

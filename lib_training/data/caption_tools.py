@@ -18,7 +18,6 @@ from typing import Callable
 from ..errors import DatasetError, SettingsError
 from ..fileio import atomic_write_text
 from .folders import DEFAULT_CAPTION_EXTENSIONS, DatasetSpec, ImageItem, _caption_files, decode_text, scan_dataset, tag_frequency
-from .importer import dataset_dirs
 
 
 @dataclass
@@ -36,8 +35,7 @@ class TagCount:
 
 def scan_folder(folder: Path) -> DatasetSpec:
     """The dataset in a kohya project (`img/` + `reg/`), a training folder or a plain folder of images."""
-    dirs = dataset_dirs(Path(folder))
-    return scan_dataset(dirs.train_dir, dirs.reg_dir)
+    return scan_dataset(Path(folder))
 
 
 def caption_files_by_image(spec: DatasetSpec) -> dict[Path, Path]:

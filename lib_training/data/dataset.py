@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import safetensors
 import safetensors.torch
@@ -28,12 +28,15 @@ class Sample:
     original_size: tuple[int, int] = (0, 0)  # (width, height) of the file; (0, 0) = unknown, use the bucket
 
 
-def plan_samples(items: Sequence[ImageItem], resolution: int, bucketing: bool, step: int) -> list[Sample]:
-    """Open every image once (a broken file fails here, before any training) and pick its bucket."""
+def plan_samples(items: Sequence[ImageItem], resolution: int, bucketing: bool, step: int,
+                 sizes: Mapping[Path, tuple[int, int]] | None = None) -> list[Sample]:
+    """Pick each image's bucket from its upright size: the pre-flight's (read once) when given, else
+    decoded here (a broken file fails here, before any training)."""
     buckets = make_buckets(resolution, step=step) if bucketing else [(resolution, resolution)]
     samples = []
     for item in items:
-        width, height = load_rgb(item.path).size
+        known = (sizes or {}).get(item.path)
+        width, height = known if known else load_rgb(item.path).size
         samples.append(Sample(item, assign_bucket(width, height, buckets), (width, height)))
     return samples
 
@@ -98,13 +101,19 @@ class LatentCache:
         self.seed = seed
         self._memory: dict[tuple[int, bool], torch.Tensor] = {}
 
-    def fill(self, flips: bool, progress: Callable[[int, int], None] | None = None) -> None:
+    def fill(self, flips: bool, progress: Callable[[int, int], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> bool:
+        """Encode every sample now; False when `should_stop` said so between two images (a cancel
+        during caching takes effect at once, not after the whole dataset is encoded)."""
         variants = (False, True) if flips else (False,)
         for index in range(len(self.samples)):
+            if should_stop is not None and should_stop():
+                return False
             for flipped in variants:
                 self.get(index, flipped)
             if progress:
                 progress(index + 1, len(self.samples))
+        return True
 
     def get(self, index: int, flipped: bool) -> torch.Tensor:
         key = (index, flipped)

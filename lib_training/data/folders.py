@@ -4,13 +4,20 @@
     train/10_nosnjaoutfit woman/001.txt      caption of 001.png
     reg/1_woman/0001.png                     regularisation (class) image
 
-A folder that holds images directly is accepted too (repeats 1, no tokens).
+A folder that holds images directly is accepted too (repeats 1, no tokens), and a kohya project
+folder (`img/` [+ `reg/`]) is read as its `img/` and `reg/`: one grammar for the health check,
+preprocess, import, training, the WebUI's pickers and the API.
+
+Nothing here stops on a folder name: like kohya, a subfolder whose name has no usable repeat count
+(`abc`, `0_x`, `-1_x`) is skipped and reported (`DatasetSpec.skipped`). Nothing outside the dataset
+is read: a symlink that leaves the dataset folder (or goes nowhere) is skipped and reported.
 Scanning only lists files and reads captions; images are decoded later (images.py).
 """
 
 from __future__ import annotations
 
 import codecs
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +27,8 @@ from typing import Iterable, Sequence
 from lib_training.errors import DatasetError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+TRAIN_DIRNAME = "img"  # kohya_ss GUI's names inside a project folder
+REG_DIRNAME = "reg"
 DEFAULT_CAPTION_EXTENSIONS = (".txt", ".caption")
 EXPECTED_LAYOUT = "<repeats>_<name>/ (for example '10_mychar woman/' holding the images and their .txt captions)"
 
@@ -54,11 +63,29 @@ class Subset:
         return self.path.name
 
 
+@dataclass(frozen=True)
+class SkippedEntry:
+    """A folder or file the scan did not take, and why (the user sees `reason`)."""
+
+    path: Path
+    code: str  # "folder_name", "outside_dataset", "broken_link", "loose_image"
+    reason: str
+
+
+@dataclass(frozen=True)
+class DatasetDirs:
+    """Where the images of a dataset folder are."""
+
+    train_dir: Path
+    reg_dir: Path | None = None
+
+
 @dataclass
 class DatasetSpec:
     """Every subset found in the training folder and the optional regularisation folder."""
 
     subsets: list[Subset]
+    skipped: list[SkippedEntry] = field(default_factory=list)
 
     @property
     def train_subsets(self) -> list[Subset]:
@@ -94,17 +121,35 @@ class DatasetSpec:
         return sum(item.repeats for item in self.reg_items)
 
 
+def dataset_dirs(folder: Path) -> DatasetDirs:
+    """`<folder>/img` (+ `<folder>/reg`) for a kohya project folder, else the folder itself."""
+    folder = Path(folder)
+    train = folder / TRAIN_DIRNAME
+    if train.is_dir():
+        reg = folder / REG_DIRNAME
+        return DatasetDirs(train, reg if reg.is_dir() else None)
+    return DatasetDirs(folder, None)
+
+
 def scan_dataset(
     train_dir: Path,
     reg_dir: Path | None = None,
     caption_extensions: Sequence[str] = DEFAULT_CAPTION_EXTENSIONS,
 ) -> DatasetSpec:
-    """List the subsets, images and captions of a kohya-layout dataset; raise DatasetError if unusable."""
+    """List the subsets, images and captions of a kohya-layout dataset; raise DatasetError if unusable.
+
+    `train_dir` may be a kohya project (`img/` [+ `reg/`]); its `reg/` is used unless `reg_dir` is given.
+    Raises only when a folder itself is unusable (missing, a file, nothing in it at all).
+    """
     caption_exts = _normalise_extensions(caption_extensions)
-    subsets = _scan_root(Path(train_dir), is_reg=False, caption_exts=caption_exts)
+    dirs = dataset_dirs(Path(train_dir))
     if reg_dir is not None and str(reg_dir).strip():
-        subsets += _scan_root(Path(reg_dir), is_reg=True, caption_exts=caption_exts)
-    return DatasetSpec(subsets=subsets)
+        dirs = DatasetDirs(dirs.train_dir, Path(reg_dir))
+    spec = DatasetSpec(subsets=[])
+    spec.subsets += _scan_root(dirs.train_dir, False, caption_exts, spec.skipped)
+    if dirs.reg_dir is not None:
+        spec.subsets += _scan_root(dirs.reg_dir, True, caption_exts, spec.skipped)
+    return spec
 
 
 def tag_frequency(spec: DatasetSpec) -> dict[str, dict[str, int]]:
@@ -192,34 +237,41 @@ def _normalise_extensions(extensions: Iterable[str]) -> tuple[str, ...]:
     return tuple(normalised)
 
 
-def _scan_root(root: Path, is_reg: bool, caption_exts: tuple[str, ...]) -> list[Subset]:
-    """Subsets of one dataset root: its `<repeats>_<tokens>` subfolders, or the root itself."""
+def _scan_root(root: Path, is_reg: bool, caption_exts: tuple[str, ...],
+               skipped: list[SkippedEntry]) -> list[Subset]:
+    """Subsets of one dataset root: its `<repeats>_<tokens>` subfolders, or the root itself.
+
+    Badly named subfolders, loose images beside subfolders and links leaving `root` are added to
+    `skipped` (kohya skips such folders with a warning); only a root with nothing at all raises.
+    """
     kind = "regularisation" if is_reg else "training"
     _check_root(root, kind)
-    direct_images = _image_files(root)
+    boundary = _real(root)
+    skipped += _escaping_entries(root, boundary)
+    direct_images = _image_files(root, boundary)
     subsets: list[Subset] = []
     looked_at = [root]
-    for folder in _subfolders(root):
+    skipped_before = len(skipped)
+    for folder in _subfolders(root, boundary):
         looked_at.append(folder)
-        images = _image_files(folder)
+        skipped += _escaping_entries(folder, boundary)
+        images = _image_files(folder, boundary)
         parsed = parse_subset_name(folder.name)
         if not images:
             continue  # empty or unrelated folder (logs, outputs): nothing to train on
-        if parsed is None or parsed[0] == 0:
-            raise DatasetError(_bad_name_message(folder, kind, parsed))
+        if parsed is None or parsed[0] <= 0:
+            skipped.append(SkippedEntry(folder, "folder_name", _bad_name_message(folder, kind, parsed, len(images))))
+            continue
         repeats, tokens = parsed
-        subsets.append(_make_subset(folder, images, repeats, tokens, is_reg, caption_exts))
+        subsets.append(_make_subset(folder, images, repeats, tokens, is_reg, caption_exts, boundary))
 
-    if direct_images and subsets:
-        raise DatasetError(
-            f"The {kind} folder '{root}' holds images directly ({direct_images[0].name}, ...) as well as "
-            f"subfolders named {EXPECTED_LAYOUT}. Loose images next to subfolders are ambiguous: "
-            "move them into a '<repeats>_<name>' subfolder (or delete them)."
-        )
-    if direct_images:
+    if direct_images and (subsets or len(skipped) > skipped_before):
+        # kohya reads only the subfolders of a training folder: loose images are left out, and said so.
+        skipped += [SkippedEntry(image, "loose_image", _loose_image_message(image, root)) for image in direct_images]
+    elif direct_images:
         # Convenience layout: a plain folder of images, seen once per epoch, captions or nothing.
-        subsets.append(_make_subset(root, direct_images, 1, "", is_reg, caption_exts))
-    if not subsets:
+        subsets.append(_make_subset(root, direct_images, 1, "", is_reg, caption_exts, boundary))
+    if not subsets and len(skipped) == skipped_before:
         raise DatasetError(_no_images_message(root, kind, looked_at))
     return subsets
 
@@ -237,18 +289,54 @@ def _check_root(root: Path, kind: str) -> None:
         )
 
 
-def _subfolders(folder: Path) -> list[Path]:
+def _subfolders(folder: Path, boundary: Path | None = None) -> list[Path]:
     # Hidden folders (.ipynb_checkpoints, .git) are never datasets.
-    return sorted(p for p in _list_dir(folder) if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in _entries(folder, boundary) if p.is_dir() and not p.name.startswith("."))
 
 
-def _image_files(folder: Path) -> list[Path]:
+def _image_files(folder: Path, boundary: Path | None = None) -> list[Path]:
     # Dot-files are skipped: macOS "._x.png" resource forks carry an image extension but no image.
     return sorted(
         p
-        for p in _list_dir(folder)
+        for p in _entries(folder, boundary)
         if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
     )
+
+
+def _entries(folder: Path, boundary: Path | None = None) -> list[Path]:
+    """The folder's entries that stay inside `boundary` (default: the folder itself).
+
+    A symlink is followed only when its target is inside the dataset: nothing outside is ever read.
+    """
+    boundary = boundary if boundary is not None else _real(folder)
+    return [p for p in _list_dir(folder) if not p.is_symlink() or _inside(p, boundary)]
+
+
+def _escaping_entries(folder: Path, boundary: Path) -> list[SkippedEntry]:
+    """Symlinks in `folder` that leave the dataset or lead nowhere (a loop, a deleted target)."""
+    found = []
+    for path in sorted(_list_dir(folder)):
+        if not path.is_symlink() or path.name.startswith("."):
+            continue
+        if not _inside(path, boundary):
+            found.append(SkippedEntry(path, "outside_dataset", (
+                f"'{path}' is a link to '{os.path.realpath(path)}', outside the dataset folder '{boundary}'; "
+                "it is not read. Copy the file into the dataset if it belongs there.")))
+        elif not path.exists():
+            found.append(SkippedEntry(path, "broken_link", (
+                f"'{path}' is a link that leads nowhere (its target is missing, or it points to itself); "
+                "it is skipped. Delete it or copy the real file in its place.")))
+    return found
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _inside(path: Path, boundary: Path) -> bool:
+    """Whether `path`, links followed, is `boundary` or lies under it (a link loop resolves to itself)."""
+    real = _real(path)
+    return real == boundary or boundary in real.parents
 
 
 def _list_dir(folder: Path) -> list[Path]:
@@ -267,8 +355,9 @@ def _make_subset(
     tokens: str,
     is_reg: bool,
     caption_exts: tuple[str, ...],
+    boundary: Path | None = None,
 ) -> Subset:
-    captions = _caption_files(folder, caption_exts)
+    captions = _caption_files(folder, caption_exts, boundary)
     items = [
         ImageItem(
             path=image,
@@ -282,14 +371,16 @@ def _make_subset(
     return Subset(path=folder, repeats=repeats, tokens=tokens, is_reg=is_reg, items=items)
 
 
-def _caption_files(folder: Path, caption_exts: tuple[str, ...]) -> dict[tuple[str, str], Path]:
+def _caption_files(folder: Path, caption_exts: tuple[str, ...],
+                   boundary: Path | None = None) -> dict[tuple[str, str], Path]:
     """Caption files keyed by (stem, lower-case extension), so `x.TXT` counts as `x.txt`.
 
     Sorted so that when both exist, `x.txt` (sorting after `x.TXT`) deterministically wins.
+    A caption linked from outside the dataset is not read.
     """
     return {
         (p.stem, p.suffix.lower()): p
-        for p in sorted(_list_dir(folder))
+        for p in sorted(_entries(folder, boundary))
         if p.suffix.lower() in caption_exts and p.is_file()
     }
 
@@ -303,20 +394,26 @@ def _caption_for(image: Path, captions: dict[tuple[str, str], Path], caption_ext
     return ""
 
 
-def _bad_name_message(folder: Path, kind: str, parsed: tuple[int, str] | None) -> str:
+def _bad_name_message(folder: Path, kind: str, parsed: tuple[int, str] | None, count: int) -> str:
+    what = f"its {count} image(s) are left out"
     if parsed is not None:  # repeats == 0
         suggestion = f"1_{parsed[1]}" if parsed[1] else "1_name"
-        return (
-            f"The {kind} subfolder '{folder}' has 0 repeats, so its images would never be used. "
-            f"Rename it with a repeat count of 1 or more, for example '{suggestion}'."
-        )
+        return (f"The {kind} subfolder '{folder}' has 0 repeats, so {what} (as kohya does). "
+                f"To train on them, rename it with a repeat count of 1 or more, for example '{suggestion}'.")
     word = _LEADING_WORD.match(folder.name)
-    hint = f" ('{word.group(1)}' is not a whole number)" if word else ""
-    return (
-        f"The {kind} subfolder '{folder}' contains images but its name does not start with a repeat count"
-        f"{hint}. Subfolders must be named {EXPECTED_LAYOUT}: rename it, for example to "
-        f"'10_{folder.name}', or move it out of '{folder.parent}'."
-    )
+    if word and word.group(1).lstrip("-").isdigit() and word.group(1).startswith("-"):
+        hint = f" ('{word.group(1)}' is a negative repeat count)"
+        suggestion = f"1_{word.group(2)}"
+    else:
+        hint = f" ('{word.group(1)}' is not a whole number)" if word else ""
+        suggestion = f"10_{folder.name}"
+    return (f"The {kind} subfolder '{folder}' does not start with a repeat count{hint}, so {what} (as kohya "
+            f"does). Subfolders must be named {EXPECTED_LAYOUT}: rename it, for example to '{suggestion}'.")
+
+
+def _loose_image_message(image: Path, root: Path) -> str:
+    return (f"'{image.name}' lies directly in '{root}' beside subfolders named {EXPECTED_LAYOUT}; it is left out "
+            "(kohya reads the subfolders only). Move it into a '<repeats>_<name>' subfolder to train on it.")
 
 
 def _no_images_message(root: Path, kind: str, looked_at: list[Path]) -> str:

@@ -20,6 +20,7 @@ vocabulary) when it can be loaded; otherwise `approximate_token_count`, and the 
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import math
 import re
 import os
@@ -33,14 +34,16 @@ from typing import Callable
 from PIL import Image, UnidentifiedImageError
 
 from . import images as _images
-from .caption_tools import caption_files_by_image, contains_word, scan_folder
-from .folders import ImageItem, _list_dir, decode_text
+from .caption_tools import caption_files_by_image, contains_word
+from .folders import DEFAULT_CAPTION_EXTENSIONS, DatasetSpec, ImageItem, SkippedEntry, _list_dir, decode_text, scan_dataset
 from .image_hash import ImageHash, image_hash, near_duplicate_pairs
 
 ERROR, WARNING, NOTE = "error", "warning", "note"
 CLIP_WINDOW = 75  # tokens a CLIP text encoder sees between its start and end tokens
 SIZE_BINS = (0, 256, 512, 768, 1024, 1536, 2048)  # lower edges of the shorter-side histogram
 UNSUPPORTED_EXTENSIONS = (".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".jfif", ".psd", ".dng")
+MIN_TRAIN_SIDE = 32  # px: a shorter side below this holds almost nothing to learn (a 1x1 pixel, an icon)
+SKIPPED_CODES = ("folder_name", "loose_image", "outside_dataset", "broken_link")  # folders.SkippedEntry codes
 _MAX_WORKERS = 8
 _DRAFT_SIDE = 128  # JPEGs are decoded at the smallest DCT scale that keeps this many pixels a side
 _WORD_PIECE = re.compile(r"[^\W\d_]+|\d|[^\w\s]|_", re.UNICODE)
@@ -114,6 +117,7 @@ class HealthReport:
     token_counter: str  # "clip", "approximate" or "custom" (a count_tokens given by the caller)
     seconds: float
     images: list[ImageFacts] = field(default_factory=list, repr=False)
+    spec: DatasetSpec | None = field(default=None, repr=False)  # what was scanned (the pre-flight keeps from it)
 
     @property
     def num_images(self) -> int:
@@ -129,8 +133,9 @@ class HealthReport:
 
     def to_dict(self) -> dict:
         """Plain JSON types only (paths as strings), for the UI and `--json`."""
-        data = asdict(self)
+        data = asdict(dataclasses.replace(self, images=[], spec=None))
         data.pop("images")
+        data.pop("spec")
         data["num_images"] = self.num_images
         data["ok"] = self.ok
         for size_bin, original in zip(data["size_histogram"], self.size_histogram):
@@ -157,13 +162,16 @@ def check_dataset(
     trigger: str = "",
     count_tokens: TokenCounter | None = None,
     on_progress: Progress | None = None,
+    reg_dir: Path | None = None,
+    caption_extensions: tuple[str, ...] = DEFAULT_CAPTION_EXTENSIONS,
 ) -> HealthReport:
     """The health report of a dataset folder (kohya project, training folder or plain folder of images).
 
-    Raises DatasetError only when the folder itself is unusable (missing, no images, bad layout).
+    Raises DatasetError only when the folder itself is unusable (missing, nothing in it at all); a badly
+    named subfolder or a link leaving the dataset is reported, never a stop.
     """
     started = time.perf_counter()
-    spec = scan_folder(Path(folder))
+    spec = scan_dataset(Path(folder), reg_dir, caption_extensions)
     items = spec.train_items + spec.reg_items
     if count_tokens is None:
         count_tokens, counter_name = clip_token_counter()
@@ -178,12 +186,15 @@ def check_dataset(
         _caption_findings(item, captions.get(item.path), trigger, count_tokens, found)
     for subset in spec.subsets:
         _unsupported_findings(subset.path, found)
+        _orphan_caption_findings(subset, found)
+    _skipped_findings(spec.skipped, found)
     duplicates = _duplicates(facts, found)
     return HealthReport(
         folder=Path(folder), resolution=resolution, trigger=trigger.strip(),
         num_train_images=spec.num_train_images, num_reg_images=spec.num_reg_images,
         size_histogram=_histogram(facts), issues=_issues(found, resolution, trigger.strip()),
         duplicates=duplicates, token_counter=counter_name, seconds=time.perf_counter() - started, images=facts,
+        spec=spec,
     )
 
 
@@ -269,7 +280,9 @@ def _image_findings(facts: ImageFacts, resolution: int, found: dict[str, list[Af
         add("too_large" if facts.too_large else "broken", facts.error)
         return
     size = f"{facts.width}x{facts.height}"
-    if min(facts.width, facts.height) < resolution:
+    if min(facts.width, facts.height) < MIN_TRAIN_SIDE:
+        add("too_small_to_train", size)
+    elif min(facts.width, facts.height) < resolution:
         add("too_small", size)
     if facts.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F") or facts.mode.startswith("I;16"):
         add("grayscale", facts.mode)
@@ -311,6 +324,20 @@ def _unsupported_findings(folder: Path, found: dict[str, list[AffectedFile]]) ->
             found.setdefault("unsupported_format", []).append(AffectedFile(path, path.suffix.lower()))
 
 
+def _orphan_caption_findings(subset, found: dict[str, list[AffectedFile]]) -> None:
+    """Caption files with no image of the same name: nothing trains on them (a renamed or deleted image)."""
+    stems = {item.path.stem for item in subset.items}
+    for path in sorted(_list_dir(subset.path)):
+        if (path.suffix.lower() in DEFAULT_CAPTION_EXTENSIONS and path.stem not in stems
+                and not path.name.startswith(".") and path.is_file()):
+            found.setdefault("orphan_caption", []).append(AffectedFile(path, "no image with this name"))
+
+
+def _skipped_findings(skipped: list[SkippedEntry], found: dict[str, list[AffectedFile]]) -> None:
+    for entry in skipped:
+        found.setdefault(entry.code, []).append(AffectedFile(entry.path, entry.reason))
+
+
 def _duplicates(facts: list[ImageFacts], found: dict[str, list[AffectedFile]]) -> list[DuplicatePair]:
     hashed = [f for f in facts if f.fingerprint is not None]
     pairs = [DuplicatePair(hashed[i].path, hashed[j].path, d)
@@ -332,11 +359,21 @@ def _histogram(facts: list[ImageFacts]) -> list[SizeBin]:
 def _issues(found: dict[str, list[AffectedFile]], resolution: int, trigger: str) -> list[Issue]:
     limit = _images.MAX_IMAGE_PIXELS
     messages = {
-        "broken": (ERROR, "These files cannot be decoded (not an image, truncated or corrupt); training refuses "
-                          "them. Re-export or re-download them, or delete them from the dataset."),
+        "broken": (ERROR, "These files cannot be decoded (not an image, truncated or corrupt); training leaves "
+                          "them out. Re-export or re-download them, or delete them from the dataset."),
         "too_large": (ERROR, f"Larger than the {limit:,}-pixel safety limit (about {math.isqrt(limit)} px a side): "
-                             "possibly a decompression bomb. Downscale real photos (training uses 512-1024 px) "
-                             "or delete the files."),
+                             "possibly a decompression bomb; training leaves them out. Downscale real photos "
+                             "(training uses 512-1024 px) or delete the files."),
+        "too_small_to_train": (ERROR, f"The shorter side is below {MIN_TRAIN_SIDE} px: too little to crop or learn "
+                                      "from (an icon, a 1x1 tracking pixel); training leaves them out. Use larger "
+                                      "originals or delete them."),
+        "folder_name": (WARNING, "Subfolders without a repeat count of 1 or more ('<repeats>_<name>'): skipped "
+                                 "with their images, as kohya does. Rename them to train on their images."),
+        "loose_image": (WARNING, "Images directly in a folder that also has '<repeats>_<name>' subfolders: left "
+                                 "out, as kohya does. Move them into a subfolder to train on them."),
+        "outside_dataset": (WARNING, "Links to files or folders outside the dataset folder: not read, so not "
+                                     "trained on. Copy the files into the dataset if they belong there."),
+        "broken_link": (WARNING, "Links that lead nowhere (a missing target or a loop): skipped. Delete them."),
         "near_duplicate": (WARNING, "Near-identical images (re-saved, resized or lightly edited copies) count "
                                     "twice and push the LoRA to overfit on them. Keep one of each pair unless "
                                     "the repetition is on purpose (use repeats instead)."),
@@ -364,6 +401,8 @@ def _issues(found: dict[str, list[AffectedFile]], resolution: int, trigger: str)
                                "on another background, flatten the images yourself."),
         "exif_rotation": (NOTE, "Stored sideways with an EXIF rotation tag: LoRA Studio turns them upright on "
                                 "load, other tools (kohya sd-scripts) may not. Preprocess writes upright copies."),
+        "orphan_caption": (NOTE, "Caption files without an image of the same name: nothing trains on them "
+                                 "(a renamed or deleted image?). Rename or delete them."),
         "unsupported_format": (NOTE, "Ignored: this format is not used for training. Convert the files to PNG "
                                      "or JPEG (a .jfif is a JPEG: rename it to .jpg) to include them."),
     }

@@ -22,29 +22,24 @@ from typing import Callable, Iterable, Sequence
 
 from ..errors import DatasetError, SettingsError
 from ..fileio import atomic_write_bytes
-from .folders import (
+from .folders import (  # noqa: F401  (DatasetDirs, dataset_dirs, *_DIRNAME: imported from here by callers)
     DEFAULT_CAPTION_EXTENSIONS,
     IMAGE_EXTENSIONS,
+    REG_DIRNAME,
+    TRAIN_DIRNAME,
+    DatasetDirs,
     _caption_files,
+    _escaping_entries,
     _image_files,
+    _real,
     _subfolders,
+    dataset_dirs,
     parse_subset_name,
     scan_dataset,
 )
-
-TRAIN_DIRNAME = "img"  # kohya_ss GUI's names inside a project folder
-REG_DIRNAME = "reg"
 _BAD_NAME_CHARS = re.compile(r'[/\\<>:"|?*\x00-\x1f]')
 
 Progress = Callable[[int, int], None]  # (files done, files in all)
-
-
-@dataclass(frozen=True)
-class DatasetDirs:
-    """Where the images of a dataset folder are."""
-
-    train_dir: Path
-    reg_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -66,16 +61,6 @@ class ImportResult:
     @property
     def dirs(self) -> DatasetDirs:
         return dataset_dirs(self.root)
-
-
-def dataset_dirs(folder: Path) -> DatasetDirs:
-    """`<folder>/img` (+ `<folder>/reg`) for a kohya project folder, else the folder itself."""
-    folder = Path(folder)
-    train = folder / TRAIN_DIRNAME
-    if train.is_dir():
-        reg = folder / REG_DIRNAME
-        return DatasetDirs(train, reg if reg.is_dir() else None)
-    return DatasetDirs(folder, None)
 
 
 def subset_folder_name(repeats: int, trigger: str = "", class_word: str = "") -> str:
@@ -137,16 +122,20 @@ def import_folder(
     captions = _caption_files(source, DEFAULT_CAPTION_EXTENSIONS)
     pairs = [(image, _captions_of(image, captions)) for image in images]
     known = {*images, *captions.values()}
+    escaping = _escaping_entries(source, _real(source))
+    result.skipped += [SkippedFile(e.path, e.reason) for e in escaping]
     result.skipped += [SkippedFile(p, _unsupported_reason(p)) for p in sorted(source.iterdir())
                        if p.is_file() and p not in known and not p.name.startswith(".")
+                       and p not in {e.path for e in escaping}
                        and p.suffix.lower() not in DEFAULT_CAPTION_EXTENSIONS]
     _copy_pairs(pairs, dest, result, on_progress)
     return result
 
 
 def _import_kohya(dirs: DatasetDirs, root: Path, on_progress: Progress | None) -> ImportResult:
-    spec = scan_dataset(dirs.train_dir, dirs.reg_dir)  # a badly named subfolder fails here, before copying
-    result = ImportResult(root=root, kohya_layout=True)
+    spec = scan_dataset(dirs.train_dir, dirs.reg_dir)
+    # Badly named subfolders and links leaving the source are not copied, and said so.
+    result = ImportResult(root=root, kohya_layout=True, skipped=[SkippedFile(e.path, e.reason) for e in spec.skipped])
     jobs = []
     for subset in spec.subsets:
         dest = root / (REG_DIRNAME if subset.is_reg else TRAIN_DIRNAME) / subset.name

@@ -15,6 +15,7 @@ import torch
 from ..config import TrainConfig
 from ..data.captions import process_caption
 from ..data.dataset import LatentCache, Sample, epoch_batches, size_conditioning
+from ..data.preflight import PreflightReport
 from ..errors import SettingsError, TrainingCancelled, TrainingError
 from ..fileio import atomic_write_text
 from ..lora.io import save_lora
@@ -35,7 +36,7 @@ from .plan import RunPlan, make_plan
 from .precision import choose_precision, grad_scaler
 from .run_stats import RunStats
 from .schedule import build_scheduler
-from .state import ResumeState, load_state, save_state
+from .state import STATE_FILE, ResumeState, load_state, save_state
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 LOG_FILE = "log.jsonl"
@@ -70,10 +71,16 @@ class TrainResult:
 
 
 def train(config: TrainConfig, model: ModelAdapter, on_event: ev.EventSink | None = None,
-          cancel: ev.CancelToken | None = None, resume: bool = False) -> TrainResult:
-    """Train a LoRA on `model` as `config` says; the model is left exactly as found."""
+          cancel: ev.CancelToken | None = None, resume: bool = False,
+          checked: PreflightReport | None = None) -> TrainResult:
+    """Train a LoRA on `model` as `config` says; the model is left exactly as found.
+
+    `checked` is the pre-flight the caller ran (and showed) before loading the model; without it the
+    pre-flight runs here and its listing of left-out files comes as a Message."""
     config.validate()
-    plan = make_plan(config, resuming=resume)
+    plan = make_plan(config, resuming=resume, checked=checked)
+    if checked is None and plan.checked.left_out:
+        (on_event or (lambda event: None))(ev.Message(plan.checked.format_text()))
     state = load_state(plan.run_dir) if resume else None
     if state is not None:
         _check_resumable(state, config, plan)
@@ -137,13 +144,14 @@ class _Trainer:
             # fp32 on the CPU only: CUDA's libraries pick their own kernels well.
             stack.enter_context(tuned_layers(base_modules, enabled=self.device.type == "cpu"
                                              and self.autocast_dtype is None and not self.precision.fp8))
-            self.caches = self._make_caches()
             self.optimizer = self._make_optimizer()
             self.scheduler = build_scheduler(self.optimizer, self.c.optimizer, self.plan.total_steps)
             self.scaler = grad_scaler(self.precision, self.device)
             start_step = self._restore(state) if state else 0
             self.plan.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.plan.run_dir / "config.toml", self.c.to_toml())
+            self.plan.checked.write(self.plan.run_dir)
+            self.caches = self._make_caches(start_step)
             return self._loop(start_step)
 
     def _make_network(self) -> LoraNetwork | FullFineTune:
@@ -155,7 +163,8 @@ class _Trainer:
             torch.manual_seed(derived_seed(self.c.train.seed, "lora-init"))
             return LoraNetwork.for_model(self.model, shape)
 
-    def _make_caches(self) -> tuple[LatentCache, LatentCache]:
+    def _make_caches(self, start_step: int) -> tuple[LatentCache, LatentCache]:
+        """Latent caches, filled now when asked; a cancel is honoured between two images."""
         d = self.c.data
         tag = f"{self.model.info.name}:{self.model.info.sha256 or self.model.info.legacy_hash}"
         caches = tuple(
@@ -164,7 +173,8 @@ class _Trainer:
             for samples in (self.plan.train_samples, self.plan.reg_samples))
         if d.cache_latents:
             for cache in caches:
-                cache.fill(flips=d.flip)
+                if not cache.fill(flips=d.flip, should_stop=lambda: self.cancel_token.cancelled):
+                    self._cancel_at(start_step)
         return caches
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -207,10 +217,7 @@ class _Trainer:
         self._truncate_log(step)
         while step < plan.total_steps:
             if self.cancel_token.cancelled:
-                self._save_resume_state(step)
-                self.stats.write(plan.run_dir)
-                raise TrainingCancelled(f"Training cancelled at step {step} of {plan.total_steps}. "
-                                        f"Resume it later (state in {plan.run_dir}).")
+                self._cancel_at(step)
             for _ in range(accum):
                 loss = self._micro_batch_loss(micro)
                 self._backward(loss / accum)
@@ -228,6 +235,12 @@ class _Trainer:
             if t.sample_every_steps and (step % t.sample_every_steps == 0 or step == plan.total_steps):
                 self._request_samples(step)
         return self._finish(step, time.monotonic() - started, last_loss)
+
+    def _cancel_at(self, step: int) -> None:
+        self._save_resume_state(step)
+        self.stats.write(self.plan.run_dir)
+        raise TrainingCancelled(f"Training cancelled at step {step} of {self.plan.total_steps}. "
+                                f"Resume it later (state in {self.plan.run_dir}).")
 
     def _epoch_ended(self, micro: int, accum: int) -> bool:
         bpe = self.plan.batches_per_epoch
@@ -386,6 +399,8 @@ class _Trainer:
             lora = write_extracted_lora(self.model, self.network, self.c, self.facts)
             self.emit(ev.Message(f"Extracted a rank-{self.c.output.extract_lora_rank} LoRA: {lora}"))
         self.stats.write(self.plan.run_dir)
+        # A finished run is never offered for resume: its state would retrain from an old step.
+        (self.plan.run_dir / STATE_FILE).unlink(missing_ok=True)
         self.emit(ev.Finished(path, step, seconds, last_loss, tuple(self.files)))
         return TrainResult(path, list(self.files), step, seconds, last_loss, list(self.losses), lora)
 

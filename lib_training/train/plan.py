@@ -1,7 +1,8 @@
 """Everything decided before the first step: dataset, samples, step counts, output paths.
 
-Building a plan reads every image once and checks every output path, so bad input
-fails here with one clear message and nothing written.
+The dataset comes from the pre-flight (data/preflight.py), which read every file once before the
+model was touched: the plan trains on the files it kept, bucketed by the sizes it read.
+Every output path is checked here, so bad input fails with one clear message and nothing written.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..data.dataset import Sample, plan_samples
-from ..data.folders import DatasetSpec, scan_dataset, tag_frequency
+from ..data.folders import DatasetSpec, tag_frequency
+from ..data.preflight import PreflightReport, preflight
 from ..errors import DatasetError, SettingsError
 from ..fileio import path_inside
 
@@ -27,6 +29,7 @@ class RunPlan:
     epochs: int
     output_dir: Path
     run_dir: Path
+    checked: PreflightReport | None = None  # the pre-flight this plan was made from
 
     def epoch_file(self, name: str, epoch: int) -> Path:
         return path_inside(self.output_dir, f"{name}-{epoch:06d}.safetensors")
@@ -51,25 +54,35 @@ class RunPlan:
         return {"buckets": counts}
 
 
-def make_plan(config: TrainConfig, resuming: bool = False) -> RunPlan:
+def make_plan(config: TrainConfig, resuming: bool = False, checked: PreflightReport | None = None) -> RunPlan:
+    """The run's plan; `checked` is the pre-flight the caller ran before loading the model (run here if None)."""
     d, t = config.data, config.train
-    dataset = scan_dataset(Path(d.train_dir), Path(d.reg_dir) if d.reg_dir else None,
-                           caption_extensions=(d.caption_extension,) + tuple(
-                               e for e in (".txt", ".caption") if e != d.caption_extension))
+    checked = checked if checked is not None else preflight_for(config)
+    dataset = checked.spec
     if not dataset.train_items:
         raise DatasetError(f"{d.train_dir} has no training images (only class images). "
                            "Put training images in <repeats>_<name>/ subfolders.")
-    train_samples = plan_samples(dataset.train_items, d.resolution, d.bucketing, d.bucket_step)
-    reg_samples = plan_samples(dataset.reg_items, d.resolution, d.bucketing, d.bucket_step)
+    train_samples = plan_samples(dataset.train_items, d.resolution, d.bucketing, d.bucket_step, checked.sizes)
+    reg_samples = plan_samples(dataset.reg_items, d.resolution, d.bucketing, d.bucket_step, checked.sizes)
     batches, total_steps, epochs = count_steps(_bucket_sizes(train_samples), t.batch_size, t.grad_accumulation,
                                                t.epochs, t.max_steps)
     output_dir = Path(config.output.output_dir)
     run_dir = Path(config.output.runs_dir) if config.output.runs_dir else output_dir / "lora_studio_runs"
     plan = RunPlan(dataset, train_samples, reg_samples, batches, total_steps, epochs,
-                   output_dir, run_dir / config.output.name)
+                   output_dir, run_dir / config.output.name, checked)
     if not resuming:
         _refuse_overwrite(plan, config)
     return plan
+
+
+def preflight_for(config: TrainConfig, on_progress=None) -> PreflightReport:
+    """The pre-flight of a run's dataset (data/preflight.py): what it trains on, what it leaves out.
+
+    Every entry point calls this once, before the model is loaded or touched."""
+    d = config.data
+    return preflight(Path(d.train_dir), Path(d.reg_dir) if d.reg_dir else None,
+                     (d.caption_extension,) + tuple(e for e in (".txt", ".caption") if e != d.caption_extension),
+                     strict=d.strict, on_progress=on_progress)
 
 
 def count_steps(bucket_sizes: list[int], batch_size: int, grad_accumulation: int, epochs: int,

@@ -54,7 +54,7 @@ class Backend:
     """What the routes need from the WebUI (the runtime), passed in so tests can fake it."""
 
     service: Callable[[], TrainingService]
-    start: Callable[[TrainConfig, bool], RunStatus]  # starts in the background, holding the queue
+    start: Callable[..., RunStatus]  # (config, resume, checked): starts in the background, holding the queue
     lora_dir: Callable[[], Path]
     runs_dir: Callable[[], Path]
     # How A1111's own Lora loader reads a file: {"file_modules": n, "matched_modules": m, ...}
@@ -102,8 +102,8 @@ def v1_router(backend: Backend, credentials: dict[str, str]) -> APIRouter:
         try:
             checkpoints = backend.checkpoint_dir() if backend.checkpoint_dir else None
             request = form.config_from_request(body, backend.lora_dir(), backend.runs_dir(), checkpoints)
-            form.check_before_start(request.config, request.resume)
-            status = backend.start(request.config, request.resume)
+            checked = form.check_before_start(request.config, request.resume)  # the pre-flight: 400 with the list
+            status = backend.start(request.config, request.resume, checked)
         except AlreadyRunning as error:
             raise HTTPException(status_code=409, detail=str(error)) from None
         except LoraStudioError as error:

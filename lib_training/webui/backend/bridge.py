@@ -15,6 +15,7 @@ from typing import Iterator
 import torch
 
 from ...config import TrainConfig
+from ...data.preflight import PreflightReport
 from ...errors import CheckpointError, SettingsError, TrainingError
 from ...models.adapter import ModelInfo
 from ...train import events as ev
@@ -155,8 +156,9 @@ def fit_to_model(config: TrainConfig, adapter: LdmAdapter) -> tuple[TrainConfig,
 
 
 def train_loaded_model(config: TrainConfig, on_event: ev.EventSink | None = None,
-                       cancel: ev.CancelToken | None = None, resume: bool = False) -> TrainResult:
-    """Train on `shared.sd_model` in this process. The caller holds `queue_lock`."""
+                       cancel: ev.CancelToken | None = None, resume: bool = False,
+                       checked: PreflightReport | None = None) -> TrainResult:
+    """Train on `shared.sd_model` in this process. The caller holds `queue_lock` and ran the pre-flight."""
     from modules import devices
 
     emit = on_event or (lambda event: None)
@@ -165,7 +167,7 @@ def train_loaded_model(config: TrainConfig, on_event: ev.EventSink | None = None
         emit(ev.Message(note))
     try:
         with sacred_model(adapter.sd_model):
-            return train(config, adapter, emit, cancel, resume=resume)
+            return train(config, adapter, emit, cancel, resume=resume, checked=checked)
     except torch.cuda.OutOfMemoryError as error:
         raise TrainingError("Out of GPU memory. Lower the batch size or resolution, turn on gradient "
                             "checkpointing, or close other programs using the GPU; the loaded model is "

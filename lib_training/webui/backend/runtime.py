@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ...config import TrainConfig
+from ...data.preflight import PreflightReport
 from ...fileio import atomic_write_bytes
 from ...train import events as ev
 from ...train.full import extracted_lora_path, is_full
@@ -75,13 +76,13 @@ def get_service() -> TrainingService:
         return _service
 
 
-def run_from_ui(config: TrainConfig, resume: bool = False) -> RunStatus:
+def run_from_ui(config: TrainConfig, resume: bool = False, checked: PreflightReport | None = None) -> RunStatus:
     """For the Start button: `wrap_gradio_gpu_call` already holds the queue and began the job."""
-    return get_service().run(for_webui(config), resume=resume)
+    return get_service().run(for_webui(config), resume=resume, checked=checked)
 
 
-def start_from_api(config: TrainConfig, resume: bool = False) -> RunStatus:
-    return get_service().start(for_webui(config), resume=resume)
+def start_from_api(config: TrainConfig, resume: bool = False, checked: PreflightReport | None = None) -> RunStatus:
+    return get_service().start(for_webui(config), resume=resume, checked=checked)
 
 
 def for_webui(config: TrainConfig) -> TrainConfig:
@@ -124,13 +125,14 @@ def _make_cancel() -> bridge.WebUICancel:
     return bridge.WebUICancel(pinned_checkpoint=shared.opts.sd_model_checkpoint)
 
 
-def _run(config: TrainConfig, on_event: ev.EventSink, cancel: ev.CancelToken, resume: bool = False):
+def _run(config: TrainConfig, on_event: ev.EventSink, cancel: ev.CancelToken, resume: bool = False,
+         checked: PreflightReport | None = None):
     def handle(event: ev.Event) -> None:
         if isinstance(event, ev.SampleRequest):
             _make_samples(event, config)
         on_event(event)
 
-    return bridge.train_loaded_model(config, handle, cancel, resume=resume)
+    return bridge.train_loaded_model(config, handle, cancel, resume=resume, checked=checked)
 
 
 def _mirror_progress(event: ev.Event, status: RunStatus) -> None:

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Callable, ContextManager, Optional
 
 from ...config import TrainConfig
+from ...data.preflight import PreflightReport
 from ...errors import LoraStudioError, TrainingCancelled
 from ...train import events as ev
+from ...train.plan import preflight_for
 
-Runner = Callable[..., object]  # (config, on_event, cancel, resume) -> TrainResult
+Runner = Callable[..., object]  # (config, on_event, cancel, resume, checked) -> TrainResult
 
 IDLE, RUNNING, FINISHED, CANCELLED, FAILED = "idle", "running", "finished", "cancelled", "failed"
 
@@ -46,6 +48,7 @@ class RunStatus:
     samples: list = field(default_factory=list)  # [[step, path], ...]
     files: list = field(default_factory=list)
     messages: list = field(default_factory=list)
+    left_out: list = field(default_factory=list)  # the pre-flight's [{"path", "code", "reason"}, ...]
     result: str = ""
     error: str = ""
     started_at: float = 0.0
@@ -82,20 +85,22 @@ class TrainingService:
             return RunStatus(**{k: (list(v) if isinstance(v, list) else v) for k, v in vars(self._status).items()})
 
     # ---- control ------------------------------------------------------------------------
-    def start(self, config: TrainConfig, resume: bool = False) -> RunStatus:
-        """Start in a background thread (API); it waits for the queue like any generation."""
+    def start(self, config: TrainConfig, resume: bool = False, checked: PreflightReport | None = None) -> RunStatus:
+        """Start in a background thread (API); it waits for the queue like any generation.
+
+        `checked`: the pre-flight the caller already ran (and answered 400 for); run here when None."""
         config.validate()
         status = self._claim(config)
-        self._thread = threading.Thread(target=self._run_locked, args=(config, resume), daemon=True,
+        self._thread = threading.Thread(target=self._run_locked, args=(config, resume, checked), daemon=True,
                                         name=f"lora-studio-{status.run_id}")
         self._thread.start()
         return status
 
-    def run(self, config: TrainConfig, resume: bool = False) -> RunStatus:
+    def run(self, config: TrainConfig, resume: bool = False, checked: PreflightReport | None = None) -> RunStatus:
         """Run in the calling thread, which already holds the queue (the tab's Start button)."""
         config.validate()
         self._claim(config)
-        self._execute(config, resume)
+        self._execute(config, resume, checked)
         return self.status()
 
     def cancel(self) -> bool:
@@ -122,13 +127,15 @@ class TrainingService:
             self._cancel = self._make_cancel()
             return self._status
 
-    def _run_locked(self, config: TrainConfig, resume: bool) -> None:
+    def _run_locked(self, config: TrainConfig, resume: bool, checked: PreflightReport | None) -> None:
         with self._lock:
-            self._execute(config, resume)
+            self._execute(config, resume, checked)
 
-    def _execute(self, config: TrainConfig, resume: bool) -> None:
+    def _execute(self, config: TrainConfig, resume: bool, checked: PreflightReport | None) -> None:
         try:
-            result = self._runner(config, self._record, self._cancel, resume=resume)
+            checked = checked if checked is not None else preflight_for(config)  # before the model is touched
+            self._record_preflight(checked)
+            result = self._runner(config, self._record, self._cancel, resume=resume, checked=checked)
             self._end(FINISHED, result=str(getattr(result, "path", "")))
         except TrainingCancelled as error:
             reason = getattr(self._cancel, "reason", "")
@@ -167,6 +174,12 @@ class TrainingService:
             snapshot = s
         if self._on_event is not None:
             self._on_event(event, snapshot)
+
+    def _record_preflight(self, checked: PreflightReport) -> None:
+        """The one listing of what the run leaves out, for the tab and `/status`."""
+        with self._guard:
+            self._status.left_out = checked.to_dict()["left_out"]
+            self._status.messages.append(checked.summary())
 
     def note(self, text: str) -> None:
         """A message from outside the engine (e.g. a sample that could not be made)."""

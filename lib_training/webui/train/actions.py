@@ -80,8 +80,8 @@ def start_training(resume: bool, method: str, values: Sequence[Any], folders: Fo
     """Check the form, then run (blocking; the caller holds the queue) and describe the result."""
     try:
         config = config_from_form(method, values, folders)
-        form.check_before_start(config, resume)
-        status = run(config, resume)
+        checked = form.check_before_start(config, resume)  # the pre-flight, before the queue and the model
+        status = run(config, resume, checked)
     except LoraStudioError as error:
         return StartOutcome(result_html=error_html(form.error_text(error)))
     samples = [(path, f"step {step}") for step, path in status.samples if Path(path).is_file()]
@@ -94,6 +94,20 @@ def start_training(resume: bool, method: str, values: Sequence[Any], folders: Fo
 
 
 def result_html(status: RunStatus, full: bool = False) -> str:
+    return _outcome_html(status, full) + left_out_html(status.left_out)
+
+
+def left_out_html(left_out: list) -> str:
+    """The pre-flight's one list of files the run did not train on, each with why (escaped)."""
+    if not left_out:
+        return ""
+    rows = "".join(f"<li><code>{html.escape(str(item['path']))}</code>: {html.escape(item['reason'])}</li>"
+                   for item in left_out)
+    return (f"<details class='lora-studio-left-out' open><summary>Left out {len(left_out)} file(s) that cannot be "
+            f"trained on</summary><ul>{rows}</ul></details>")
+
+
+def _outcome_html(status: RunStatus, full: bool) -> str:
     if status.state == FINISHED:
         files = "".join(f"<li>{html.escape(Path(f).name)}</li>" for f in status.files)
         where = ("It is in the checkpoint list now (refresh the list at the top of the page and pick it); the "

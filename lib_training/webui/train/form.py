@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ...config import MIXED_PRECISION, OPTIMIZERS, PREDICTION_TYPES, SAVE_DTYPES, SCHEDULERS, TrainConfig
-from ...data.folders import scan_dataset
+from ...data.preflight import PreflightReport
+from ...train.plan import preflight_for
 from ...errors import LoraStudioError, SettingsError
 from ...fileio import path_inside, validate_output_name
 from .presets import DEFAULT_PRESET, Preset, find_preset
@@ -259,18 +260,16 @@ def check_output_name(name: str, lora_dir: Path, overwrite: bool) -> NameCheck:
     return NameCheck(True, clean, False, f"Will be saved as {target}.")
 
 
-def check_before_start(config: TrainConfig, resume: bool = False) -> TrainConfig:
-    """Refuse, before the queue is taken, what would fail at the first step: bad values, an
-    unusable dataset, an existing file without Overwrite. Returns the validated config."""
+def check_before_start(config: TrainConfig, resume: bool = False) -> PreflightReport:
+    """Refuse, before the queue is taken, what would fail at the first step: bad values, a dataset with
+    nothing usable left, an existing file without Overwrite. Returns the dataset's pre-flight (what the
+    run trains on and leaves out), which the run then uses as it is."""
     config.validate()
-    d = config.data
-    scan_dataset(Path(d.train_dir), Path(d.reg_dir) if d.reg_dir else None,
-                 caption_extensions=(d.caption_extension, ".txt", ".caption"))
     if not resume:
         check = check_output_name(config.output.name, Path(config.output.output_dir), config.output.overwrite)
         if not check.ok:
             raise SettingsError(check.message)
-    return config
+    return preflight_for(config)
 
 
 # ---- the API's request body ------------------------------------------------------------------
