@@ -4,8 +4,10 @@ it stops on NaN, and bad settings fail before anything is written."""
 from __future__ import annotations
 
 import contextlib
+import json
 import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,7 +184,7 @@ def test_bad_settings_give_one_clear_error_and_write_nothing(sd1_model, photo_da
     assert not out.exists()
 
 
-def test_empty_dataset_and_unreadable_image_fail_before_writing(sd1_model, tmp_path):
+def test_empty_dataset_and_strict_refusal_fail_before_writing(sd1_model, tmp_path):
     empty = tmp_path / "empty"
     (empty / "10_sks").mkdir(parents=True)
     with pytest.raises(DatasetError, match="10_sks|no images|No images"):
@@ -190,9 +192,23 @@ def test_empty_dataset_and_unreadable_image_fail_before_writing(sd1_model, tmp_p
     broken = tmp_path / "broken"
     write_photos(broken / "1_sks")
     (broken / "1_sks" / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    with pytest.raises(DatasetError, match="zz_broken.png"):
-        train(small_config(broken, tmp_path / "out"), sd1_model)
+    with pytest.raises(DatasetError, match="(?s)Strict mode.*zz_broken.png"):
+        train(small_config(broken, tmp_path / "out", data__strict=True), sd1_model)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_image_is_left_out_and_listed_once(sd1_model, tmp_path):
+    broken = tmp_path / "broken"
+    write_photos(broken / "1_sks")
+    (broken / "1_sks" / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    messages = []
+    result = train(small_config(broken, tmp_path / "out", train__max_steps=1), sd1_model,
+                   on_event=lambda e: messages.append(e.text) if isinstance(e, ev.Message) else None)
+    listing = [m for m in messages if "zz_broken.png" in m]
+    assert len(listing) == 1 and "left out 1 file" in listing[0] and "training on 2 image" in listing[0]
+    assert result.path.is_file()
+    record = json.loads((tmp_path / "out" / "lora_studio_runs" / "test_lora" / "preflight.json").read_text())
+    assert record["train_images"] == 2 and [Path(i["path"]).name for i in record["left_out"]] == ["zz_broken.png"]
 
 
 def test_existing_output_is_never_overwritten_silently(sd1_model, photo_dataset, tmp_path):

@@ -362,17 +362,20 @@ def test_start_reports_each_ending(photo_dataset, tmp_path, state, expected):
     sample = write_photos(tmp_path / "samples", names=("coffee",)) / "coffee.png"
     received = []
 
-    def run(config, resume):
-        received.append((config, resume))
+    def run(config, resume, checked):
+        received.append((config, resume, checked))
         return RunStatus(run_id="r1", name="cat_v1", state=state, step=5, total_steps=10, elapsed_s=65,
                          result=str(tmp_path / "Lora" / "cat_v1.safetensors"), error="disk full" if
                          state == FAILED else "cancelled", samples=[[5, str(sample)], [6, "/gone.png"]],
-                         files=[str(tmp_path / "Lora" / "cat_v1-000001.safetensors")])
+                         files=[str(tmp_path / "Lora" / "cat_v1-000001.safetensors")],
+                         left_out=[{"path": "/d/1_x/<b>.png", "code": "broken", "reason": "cannot be decoded"}])
 
     outcome = train_actions.start_training(False, form.METHOD_LORA, form_list(photo_dataset), folders(tmp_path), run)
-    config, resume = received[0]
+    config, resume, checked = received[0]
     assert config.output.output_dir == str(tmp_path / "Lora") and resume is False
+    assert checked.spec.num_train_images == 2  # the pre-flight ran before the run, and the run gets it
     assert outcome.started and expected in outcome.result_html
+    assert "Left out 1 file" in outcome.result_html and "&lt;b&gt;.png" in outcome.result_html
     assert outcome.samples == [(str(sample), "step 5")]
     assert outcome.prompt == ("<lora:cat_v1:0.8> sks" if state == FINISHED else "")
 

@@ -80,7 +80,8 @@ def test_a_finished_run_reports_every_field(config):
     assert status.loss == pytest.approx(0.25) and status.eta_s == 0
     assert [s for s, _ in status.losses] == [1, 2, 3, 4]
     assert status.result.endswith("test_lora.safetensors") and len(status.files) == 3
-    assert status.messages == ["training the UNet only"] and status.error == ""
+    assert status.messages == ["Pre-flight: training on 2 image(s); nothing left out.", "training the UNet only"]
+    assert status.error == "" and status.left_out == []
     assert status.first_step_s is not None and status.first_step_s >= 0
     assert finished == [(FINISHED, "test_lora")]
     assert events[0] == "Started" and events[-1] == "Finished"

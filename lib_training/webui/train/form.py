@@ -118,6 +118,8 @@ FIELDS: tuple[Field, ...] = (
           "less memory, about 25% slower"),
     Field("data.cache_latents", "Cache latents", "bool", ADVANCED, "encode each image once (faster)"),
     Field("data.cache_latents_to_disk", "Cache latents to disk", "bool", ADVANCED),
+    Field("data.strict", "Strict: refuse to start when a file would be left out", "bool", ADVANCED,
+          "off: files that cannot be trained on (broken, bombs, links out of the dataset) are left out and listed"),
     Field("output.save_dtype", "Save precision", "choice", ADVANCED, "", SAVE_DTYPES),
     Field("train.sample_prompts", "Sample prompts (one per line)", "lines", ADVANCED,
           "generated with the LoRA while training"),
