@@ -144,9 +144,9 @@ def test_a_second_start_while_running_answers_409(setup):
 def test_a_start_that_races_another_answers_409_too(setup):
     backend, runner, service, dataset, _ = setup
 
-    def racing_start(config, resume):
-        service.start(config, resume)  # someone else got in first
-        return service.start(config, resume)
+    def racing_start(config, resume, checked):
+        service.start(config, resume, checked)  # someone else got in first
+        return service.start(config, resume, checked)
 
     raced = api.Backend(service=backend.service, start=racing_start, lora_dir=backend.lora_dir,
                         runs_dir=backend.runs_dir)
