@@ -205,7 +205,7 @@ def test_dataset_tab_in_a_browser(webui, page, raw_photos, datasets_dir):
     done = expect_text(page, "lora_studio_ds_preprocess_result", "Wrote", timeout=JOB_TIMEOUT_MS)
     # A1111's progress bar above the result goes away when the job is done.
     expect(page.locator("#lora_studio_ds_left .progressDiv")).to_have_count(0, timeout=60_000)
-    assert "Skipped 1 unreadable image(s): broken.jpg" in done, done
+    assert "Left out 1 file(s) that cannot be trained on: broken.jpg" in done, done
     page.wait_for_function(f"gradioApp().querySelector('#lora_studio_ds_choice input').value === '{name}-64'")
     new_root = datasets_dir / f"{name}-64"
     assert sorted(p.name for p in (new_root / "img" / "10_sks cat").glob("*.png")) == [

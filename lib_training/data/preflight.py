@@ -77,6 +77,14 @@ def preflight(train_dir: Path, reg_dir: Path | None = None, caption_extensions: 
               strict: bool = False, on_progress: Progress | None = None) -> PreflightReport:
     """Scan once, decide per file; raise DatasetError (with the whole list) only when nothing usable is
     left, or with `strict` when anything would be left out."""
+    report = decide(train_dir, reg_dir, caption_extensions, on_progress)
+    _refuse_if_needed(report, Path(train_dir), strict)
+    return report
+
+
+def decide(train_dir: Path, reg_dir: Path | None = None, caption_extensions: tuple[str, ...] = (".txt", ".caption"),
+           on_progress: Progress | None = None) -> PreflightReport:
+    """Scan once and decide per file, refusing nothing (preprocess writes what is kept, lists the rest)."""
     health = check_dataset(Path(train_dir), resolution=0, count_tokens=approximate_token_count,
                            on_progress=on_progress, reg_dir=Path(reg_dir) if reg_dir else None,
                            caption_extensions=caption_extensions)
@@ -84,9 +92,7 @@ def preflight(train_dir: Path, reg_dir: Path | None = None, caption_extensions: 
     excluded = {item.path for item in left_out}
     spec = _kept_spec(health.spec, excluded)
     sizes = {f.path: (f.width, f.height) for f in health.images if f.error is None and f.path not in excluded}
-    report = PreflightReport(spec, left_out, sizes, health)
-    _refuse_if_needed(report, Path(train_dir), strict)
-    return report
+    return PreflightReport(spec, left_out, sizes, health)
 
 
 def _left_out(health: HealthReport) -> list[LeftOut]:

@@ -16,7 +16,8 @@ image with its caption: `0001.png` + `0001.txt`; a mirrored copy (`flip`, traini
 is `0001_flipped.png` + `0001_flipped.txt`. Captions are copied as UTF-8. Everything is written into
 a hidden temporary folder beside the output and renamed into place at the end, so a failure (or
 an exception raised from `on_progress` to cancel) leaves no half-filled output. The originals are
-only read. Broken images are skipped and listed, the others go on.
+only read. What training would leave out (broken files, bombs, links leaving the dataset, badly named
+folders: data/preflight.py) is skipped and listed, the others go on.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DatasetError, SettingsError
-from .caption_tools import caption_files_by_image, read_caption_text, scan_folder
+from .caption_tools import caption_files_by_image, read_caption_text
 from .images import crop_box, load_rgb, resize_and_crop
 from .importer import SkippedFile
+from .preflight import decide
 
 CROP_MODES = ("center", "focal", "auto", "keep_aspect")
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
@@ -91,10 +93,12 @@ def preprocess_dataset(
     options.validate()
     source, output = Path(source), Path(output)
     _check_output(source, output)
-    spec = scan_folder(source)
+    checked = decide(source)  # the files training would leave out are left out here too, and listed
+    spec = checked.spec
     captions = caption_files_by_image(spec)
     detector, detector_name = _pick_detector(options, face_detector)
-    result = PreprocessResult(output=output, face_detector=detector_name)
+    result = PreprocessResult(output=output, face_detector=detector_name,
+                              skipped=[SkippedFile(item.path, item.reason) for item in checked.left_out])
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:

@@ -254,7 +254,7 @@ def preprocess(datasets_dir: Path, name: str, new_name: str, resolution=512, cro
                               else "no face detector available (OpenCV missing), so " +
                               ("the most detailed region." if options.crop == "focal" else "centre crops."))
     if result.skipped:
-        text += f" Skipped {len(result.skipped)} unreadable image(s): " + "; ".join(
+        text += f" Left out {len(result.skipped)} file(s) that cannot be trained on: " + "; ".join(
             f"{s.path.name}" for s in result.skipped[:8]) + "."
     return Outcome(text, dataset=output.name)
 
