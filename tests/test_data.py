@@ -229,10 +229,10 @@ def test_empty_folder_names_folders_and_layout(tmp_path):
 @pytest.mark.parametrize(
     ("folder", "fragments"),
     [
-        ("abc_x", ["abc_x", "repeat count", "'abc' is not a whole number", "10_abc_x", "left out"]),
-        ("woman", ["woman", "repeat count", "10_woman"]),
-        ("0_woman", ["0_woman", "0 repeats", "1_woman"]),
-        ("-1_woman", ["-1_woman", "negative repeat count", "1_woman"]),
+        ("abc_x", ["repeat count", "'abc' is not a whole number", "10_abc_x", "left out", "kohya"]),
+        ("woman", ["repeat count", "10_woman"]),
+        ("0_woman", ["0 repeats", "1_woman"]),
+        ("-1_woman", ["negative repeat count", "'1_woman'"]),
     ],
 )
 def test_bad_subset_names_are_skipped_and_reported_as_kohya_does(tmp_path, photos, folder, fragments):

@@ -69,7 +69,7 @@ class SkippedEntry:
 
     path: Path
     code: str  # "folder_name", "outside_dataset", "broken_link", "loose_image"
-    reason: str
+    reason: str  # what is wrong and what to do, without the path (shown beside it)
 
 
 @dataclass(frozen=True)
@@ -320,12 +320,12 @@ def _escaping_entries(folder: Path, boundary: Path) -> list[SkippedEntry]:
             continue
         if not _inside(path, boundary):
             found.append(SkippedEntry(path, "outside_dataset", (
-                f"'{path}' is a link to '{os.path.realpath(path)}', outside the dataset folder '{boundary}'; "
-                "it is not read. Copy the file into the dataset if it belongs there.")))
+                f"a link to '{os.path.realpath(path)}', outside the dataset folder '{boundary}': not read; "
+                "copy the file into the dataset if it belongs there")))
         elif not path.exists():
             found.append(SkippedEntry(path, "broken_link", (
-                f"'{path}' is a link that leads nowhere (its target is missing, or it points to itself); "
-                "it is skipped. Delete it or copy the real file in its place.")))
+                "a link that leads nowhere (its target is missing, or it points to itself): skipped; "
+                "delete it or put the real file in its place")))
     return found
 
 
@@ -395,25 +395,24 @@ def _caption_for(image: Path, captions: dict[tuple[str, str], Path], caption_ext
 
 
 def _bad_name_message(folder: Path, kind: str, parsed: tuple[int, str] | None, count: int) -> str:
-    what = f"its {count} image(s) are left out"
+    """Why a subfolder was skipped, without its path (listings show the path beside it)."""
+    what = f"its {count} image(s) are left out, as kohya does"
     if parsed is not None:  # repeats == 0
         suggestion = f"1_{parsed[1]}" if parsed[1] else "1_name"
-        return (f"The {kind} subfolder '{folder}' has 0 repeats, so {what} (as kohya does). "
-                f"To train on them, rename it with a repeat count of 1 or more, for example '{suggestion}'.")
+        return f"{kind} folder with 0 repeats: {what}; rename it to '{suggestion}' (1 or more) to train on them"
     word = _LEADING_WORD.match(folder.name)
-    if word and word.group(1).lstrip("-").isdigit() and word.group(1).startswith("-"):
-        hint = f" ('{word.group(1)}' is a negative repeat count)"
-        suggestion = f"1_{word.group(2)}"
+    if word and word.group(1).startswith("-") and word.group(1)[1:].isdigit():
+        hint, suggestion = f"'{word.group(1)}' is a negative repeat count", f"1_{word.group(2)}"
     else:
-        hint = f" ('{word.group(1)}' is not a whole number)" if word else ""
+        hint = f"'{word.group(1)}' is not a whole number" if word else "no '<repeats>_' at the start"
         suggestion = f"10_{folder.name}"
-    return (f"The {kind} subfolder '{folder}' does not start with a repeat count{hint}, so {what} (as kohya "
-            f"does). Subfolders must be named {EXPECTED_LAYOUT}: rename it, for example to '{suggestion}'.")
+    return (f"{kind} folder name without a repeat count ({hint}): {what}; rename it to '{suggestion}' "
+            "to train on them")
 
 
 def _loose_image_message(image: Path, root: Path) -> str:
-    return (f"'{image.name}' lies directly in '{root}' beside subfolders named {EXPECTED_LAYOUT}; it is left out "
-            "(kohya reads the subfolders only). Move it into a '<repeats>_<name>' subfolder to train on it.")
+    return ("an image beside the '<repeats>_<name>' subfolders: left out, as kohya reads the subfolders only; "
+            "move it into one to train on it")
 
 
 def _no_images_message(root: Path, kind: str, looked_at: list[Path]) -> str:

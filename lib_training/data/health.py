@@ -231,9 +231,12 @@ def _inspect_open(path: Path, img: Image.Image) -> ImageFacts:
     limits = [_images.MAX_IMAGE_PIXELS] + ([Image.MAX_IMAGE_PIXELS] if Image.MAX_IMAGE_PIXELS else [])
     if width * height > min(limits):
         return ImageFacts(path, width, height, img.mode, error=f"{width}x{height} pixels", too_large=True)
-    mode, bits, orientation = img.mode, _bit_depth(img), _images._exif_orientation(img)
+    mode, bits = img.mode, _bit_depth(img)  # the bit depth must be read before load() clears the tiles
     img.draft(None, (min(width, _DRAFT_SIDE), min(height, _DRAFT_SIDE)))  # JPEG only; a no-op elsewhere
-    img.load()  # truncated or corrupt data fails here
+    # Truncated or corrupt data fails here. Before the EXIF read: a PNG's getexif() loads the pixels and
+    # swallows that failure, after which load() would find nothing left to decode and pass a broken file.
+    img.load()
+    orientation = _images._exif_orientation(img)
     transparent = _images._has_alpha(img) and img.convert("RGBA").getchannel("A").getextrema()[0] < 255
     upright = _images._exif_transpose(img, path)
     if orientation in (5, 6, 7, 8):

@@ -105,10 +105,9 @@ def _left_out(health: HealthReport) -> list[LeftOut]:
 
 
 def _reason(code: str, detail: str) -> str:
-    labels = {"broken": "cannot be decoded", "too_large": "too large to load safely",
-              "too_small_to_train": "too small to learn from", "unsupported_format": "unsupported format"}
-    label = labels.get(code)
-    return f"{label} ({detail})" if label and detail else (label or detail or code)
+    """The health report's detail, with what it means when the detail is only a size or an extension."""
+    label = {"too_small_to_train": "too small to learn from", "unsupported_format": "unsupported format"}.get(code)
+    return f"{label} ({detail})" if label else (detail or code)
 
 
 def _kept_spec(spec: DatasetSpec, excluded: set[Path]) -> DatasetSpec:
