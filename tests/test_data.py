@@ -259,7 +259,7 @@ def test_loose_images_next_to_subsets_are_left_out_and_reported(tmp_path, photos
     spec = scan_dataset(tmp_path)
     assert [i.path.name for i in spec.train_items] == ["a.png"]
     assert [(e.code, e.path.name) for e in spec.skipped] == [("loose_image", "stray.png")]
-    assert "Move it into" in spec.skipped[0].reason
+    assert "move it into" in spec.skipped[0].reason
 
 
 def test_a_kohya_project_folder_is_read_as_its_img_and_reg(tmp_path, photos):
