@@ -34,6 +34,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_temp_files(folder: Path, pattern: str) -> list[Path]:
+    """Delete the temp files (`.<name>.<random>.tmp`, see atomic_write_bytes) matching `pattern` that a
+    killed process left behind; returns them."""
+    folder = Path(folder)
+    found = [p for p in folder.glob(pattern) if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()]
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

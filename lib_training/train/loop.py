@@ -16,8 +16,8 @@ from ..config import TrainConfig
 from ..data.captions import process_caption
 from ..data.dataset import LatentCache, Sample, epoch_batches, size_conditioning
 from ..data.preflight import PreflightReport
-from ..errors import SettingsError, TrainingCancelled, TrainingError
-from ..fileio import atomic_write_text
+from ..errors import CheckpointError, SettingsError, TrainingCancelled, TrainingError
+from ..fileio import atomic_write_text, remove_temp_files
 from ..lora.io import save_lora
 from ..lora.metadata import RunFacts, build_metadata
 from ..lora.network import LoraNetwork, NetworkShape
@@ -40,6 +40,9 @@ from .state import STATE_FILE, ResumeState, load_state, save_state
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 LOG_FILE = "log.jsonl"
+# Out of memory: CUDA's error (torch.OutOfMemoryError in newer PyTorch) and the CPU's.
+OUT_OF_MEMORY = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError,
+                 MemoryError)
 
 
 @dataclass
@@ -95,7 +98,7 @@ def _check_resumable(state: ResumeState, config: TrainConfig, plan: RunPlan) -> 
     if saved.network != config.network or saved.train.seed != config.train.seed:
         raise SettingsError("The saved run used other network settings or another seed; resume it with the "
                             f"settings in {plan.run_dir / 'config.toml'}, or start a new run.")
-    if state.step >= plan.total_steps:
+    if state.step >= plan.total_steps and plan.final_file(config.output.name).exists():
         raise SettingsError(f"The saved run already finished its {plan.total_steps} steps; nothing to resume.")
 
 
@@ -149,10 +152,23 @@ class _Trainer:
             self.scaler = grad_scaler(self.precision, self.device)
             start_step = self._restore(state) if state else 0
             self.plan.run_dir.mkdir(parents=True, exist_ok=True)
+            self._remove_leftovers()
             atomic_write_text(self.plan.run_dir / "config.toml", self.c.to_toml())
             self.plan.checked.write(self.plan.run_dir)
             self.caches = self._make_caches(start_step)
-            return self._loop(start_step)
+            self.step_done = start_step
+            try:
+                return self._loop(start_step)
+            except OUT_OF_MEMORY as error:
+                raise self._out_of_memory(error) from error
+
+    def _remove_leftovers(self) -> None:
+        """Temp files of this run's outputs that a killed process left (never a finished file: those were
+        renamed into place)."""
+        name = self.c.output.name
+        for pattern in (f".{name}.safetensors.*.tmp", f".{name}-[0-9]*.safetensors.*.tmp"):
+            remove_temp_files(self.plan.output_dir, pattern)
+        remove_temp_files(self.plan.run_dir, ".*.tmp")
 
     def _make_network(self) -> LoraNetwork | FullFineTune:
         if self.full:
@@ -225,6 +241,7 @@ class _Trainer:
                 micro += 1
             self._optimizer_step()
             step += 1
+            self.step_done = step
             epoch_done = self._epoch_ended(micro, accum)
             if step % t.loss_readback_steps == 0 or step == plan.total_steps or epoch_done:
                 last_loss = self._read_back(pending, step, started, start_step)
@@ -361,6 +378,8 @@ class _Trainer:
         every = self.c.train.save_every_epochs
         if every and epoch % every == 0:
             path = self._save(self.plan.epoch_file(self.c.output.name, epoch), epoch, step)
+            if not self.full:  # a LoRA's state is small: a run killed later resumes from here
+                self._save_resume_state(step)
             self.emit(ev.EpochSaved(epoch, path))
 
     def _save(self, path: Path, epoch: int, step: int) -> Path:
@@ -370,12 +389,36 @@ class _Trainer:
         if not finite:
             self._stop_on_nan(step - 1, float("nan"))
         self.facts.epoch, self.facts.steps, self.facts.finished_at = epoch, step, time.time()
-        if self.full:
-            write_checkpoint(path, self.model, self.network, self.c, self.facts, dtype)
-        else:
-            save_lora(path, tensors, build_metadata(self.c, self.model.info, self.facts))
+        try:
+            if self.full:
+                write_checkpoint(path, self.model, self.network, self.c, self.facts, dtype)
+            else:
+                save_lora(path, tensors, build_metadata(self.c, self.model.info, self.facts))
+        except (OSError, CheckpointError) as error:  # a full disk, a folder gone: no partial file is left
+            raise self._save_failed(path, step, error) from error
         self.files.append(path)
         return path
+
+    def _save_failed(self, path: Path, step: int, error: Exception) -> TrainingError:
+        kept = f" The last good file, {self.files[-1].name}, is intact." if self.files else ""
+        return TrainingError(f"Saving {path.name} at step {step} failed: {error}.{kept}"
+                             f"{self._resume_hint(step)}")
+
+    def _out_of_memory(self, error: BaseException) -> TrainingError:
+        step = self.step_done
+        return TrainingError(
+            f"Out of memory at step {step + 1} ({str(error).splitlines()[0] if str(error) else type(error).__name__}). "
+            "Lower the batch size or the resolution, turn on gradient checkpointing, keep latents cached, "
+            f"lower the rank, or close other programs using the memory; the model is unchanged."
+            f"{self._resume_hint(step)}")
+
+    def _resume_hint(self, step: int) -> str:
+        """Keep a resumable state at `step` when the disk allows, and say how to continue."""
+        try:
+            self._save_resume_state(step)
+        except (OSError, CheckpointError):
+            return ""
+        return f" A resumable state at step {step} is in {self.plan.run_dir}: resume the run to continue."
 
     def _request_samples(self, step: int) -> None:
         prompts = tuple(self.c.train.sample_prompts)
