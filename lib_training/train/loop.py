@@ -231,6 +231,7 @@ class _Trainer:
         step, pending, last_loss = start_step, [], float("nan")
         micro = step * accum
         self._truncate_log(step)
+        self._save_missing_epoch_file(step)
         while step < plan.total_steps:
             if self.cancel_token.cancelled:
                 self._cancel_at(step)
@@ -252,6 +253,14 @@ class _Trainer:
             if t.sample_every_steps and (step % t.sample_every_steps == 0 or step == plan.total_steps):
                 self._request_samples(step)
         return self._finish(step, time.monotonic() - started, last_loss)
+
+    def _save_missing_epoch_file(self, step: int) -> None:
+        """A run resumed where its epoch file could not be written (a full disk) writes it first."""
+        accum, name = self.c.train.grad_accumulation, self.c.output.name
+        if 0 < step < self.plan.total_steps and self._epoch_ended(step * accum, accum):
+            epoch = step * accum // self.plan.batches_per_epoch
+            if not self.plan.epoch_file(name, epoch).exists():
+                self._maybe_save_epoch(epoch, step)
 
     def _cancel_at(self, step: int) -> None:
         self._save_resume_state(step)
