@@ -118,13 +118,26 @@ var loraStudioChart = (function() {
         if (status.epoch) text += ', epoch ' + status.epoch;
         if (status.loss !== null && status.loss !== undefined) text += ', loss ' + Number(status.loss).toFixed(4);
         if (status.state === 'running' && status.eta_s) text += ', ETA ' + formatEta(status.eta_s);
+        if (status.left_out && status.left_out.length) text += ', left out ' + status.left_out.length + ' file(s)';
         if (status.error) text += ' — ' + status.error;
         return text;
+    }
+
+    // The run list refreshes itself when a run starts (its first step: the folder exists by then) or ends.
+    var runsShownFor = null;
+    function refreshRunsWhenChanged(status) {
+        var key = status.run_id + '/' + status.state + '/' + (status.step > 0);
+        if (runsShownFor !== null && key !== runsShownFor) {
+            var button = gradioApp().getElementById('lora_studio_runs_refresh');
+            if (button) button.click();
+        }
+        runsShownFor = key;
     }
 
     function render(status) {
         var element = root();
         if (!element) return;
+        refreshRunsWhenChanged(status);
         element.querySelector('.lora-studio-chart-info').textContent = describe(status);
         drawLoss(element.querySelector('canvas'), status.losses || [], status.total_steps || 0);
         showSamples(status);

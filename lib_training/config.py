@@ -7,6 +7,8 @@ and stored beside every run so a run can be repeated or resumed.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,7 +187,30 @@ def _one_of(value: str, allowed: tuple[str, ...], name: str) -> None:
     _require(value in allowed, f"{name} is {value!r}; use one of: {', '.join(allowed)}.")
 
 
+# Upper bounds far beyond any real run: only a typo or a hostile request meets them (e.g. steps 1e12).
+LIMITS = {"network.rank": 1024, "network.conv_rank": 1024, "output.extract_lora_rank": 1024,
+          "data.resolution": 4096, "data.bucket_step": 1024, "data.keep_tokens": 255,
+          "train.max_steps": 10_000_000, "train.epochs": 100_000, "train.batch_size": 1024,
+          "train.grad_accumulation": 1024, "train.save_every_epochs": 100_000, "train.sample_every_steps": 10_000_000,
+          "train.loss_readback_steps": 10_000, "optimizer.warmup_steps": 10_000_000, "optimizer.restarts": 10_000,
+          "model.clip_skip": 24, "train.seed": 2**63 - 1}
+
+
+def _validate_ranges(c: TrainConfig) -> None:
+    """Every number finite and below its limit, so an absurd value is a clear error, not a hang or a crash."""
+    for section in dataclasses.fields(c):
+        values = getattr(c, section.name)
+        for item in dataclasses.fields(values):
+            key, value = f"{section.name}.{item.name}", getattr(values, item.name)
+            if isinstance(value, float):
+                _require(math.isfinite(value), f"{key} is {value}; give a finite number.")
+            limit = LIMITS.get(key)
+            if limit is not None and isinstance(value, (int, float)):
+                _require(abs(value) <= limit, f"{key} is {value}; the most this accepts is {limit:,}.")
+
+
 def _validate(c: TrainConfig, need_checkpoint: bool) -> None:
+    _validate_ranges(c)
     n, o, t, d, m = c.network, c.optimizer, c.train, c.data, c.model
     _require(n.rank >= 1, f"network.rank is {n.rank}; the rank must be at least 1 (typical: 8-128).")
     _require(n.alpha > 0, f"network.alpha is {n.alpha}; it must be > 0 (typical: half the rank).")
@@ -223,7 +248,8 @@ def _validate(c: TrainConfig, need_checkpoint: bool) -> None:
     _require(0 <= d.caption_dropout <= 1, "data.caption_dropout is a probability between 0 and 1.")
     _require(d.keep_tokens >= 0, "data.keep_tokens cannot be negative.")
     _require(d.prior_loss_weight >= 0, "data.prior_loss_weight cannot be negative.")
-    _require(d.caption_extension.startswith("."), "data.caption_extension must start with '.', e.g. '.txt'.")
+    _require(re.fullmatch(r"\.[A-Za-z0-9_]{1,16}", d.caption_extension) is not None,
+             f"data.caption_extension is {d.caption_extension!r}; use '.' and letters, e.g. '.txt'.")
     _require(bool(d.train_dir), "data.train_dir is empty: choose the folder with your training images.")
     _require(Path(d.train_dir).is_dir(), f"The training folder {d.train_dir} does not exist. Check the path.")
     _require(not d.reg_dir or Path(d.reg_dir).is_dir(),

@@ -15,6 +15,7 @@ from pathlib import Path
 from .errors import SettingsError
 
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+MAX_NAME_BYTES = 200  # + "-000001.safetensors" and a temp prefix stays under the usual 255-byte limit
 _NAME_OK = re.compile(r"^[\w][\w .+\-()\[\]]*$", re.UNICODE)
 
 
@@ -58,6 +59,9 @@ def validate_output_name(name: str) -> str:
                             "the file always goes into the LoRA folder.")
     if ":" in stripped or "<" in stripped or ">" in stripped:
         raise SettingsError(f"The output name {name!r} contains ':', '<' or '>', which break `<lora:name:weight>`.")
+    if len(stripped.encode("utf-8")) > MAX_NAME_BYTES:
+        raise SettingsError(f"The output name is {len(stripped.encode('utf-8'))} bytes long; use at most "
+                            f"{MAX_NAME_BYTES} (file systems allow 255 for <name>-000001.safetensors).")
     if stripped.split(".")[0].lower() in _RESERVED:
         raise SettingsError(f"The output name {name!r} is reserved on Windows. Choose another name.")
     if not _NAME_OK.match(stripped):

@@ -29,12 +29,13 @@ credentials, and an --api-auth challenge would pop up a login box over the WebUI
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from secrets import compare_digest
 from typing import Callable, Optional
 
-from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
@@ -90,13 +91,28 @@ def basic_auth(credentials: dict[str, str]) -> Callable:
     return check
 
 
+async def json_object(request: Request) -> dict:
+    """The request body as a JSON object; anything else (empty, not JSON, a list) is a 400 with the reason."""
+    raw = await request.body()
+    if not raw.strip():
+        raise HTTPException(status_code=400, detail="The request body is empty; send a JSON object of settings.")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise HTTPException(status_code=400, detail=f"The request body is not JSON ({error}).") from None
+    if not isinstance(body, dict):
+        raise HTTPException(status_code=400, detail=f"The request body must be a JSON object of settings, "
+                                                    f"not {type(body).__name__}.")
+    return body
+
+
 def v1_router(backend: Backend, credentials: dict[str, str]) -> APIRouter:
     dependencies = [Depends(basic_auth(credentials))] if credentials else []
     router = APIRouter(prefix=V1_PREFIX, dependencies=dependencies, tags=["LoRA Studio"])
 
     @router.post("/start")
-    def start(body: dict = Body(..., example={"preset": "person", "data": {"train_dir": "/data/10_sks woman"},
-                                              "output": {"name": "sks_v1", "trigger_word": "sks"}})):
+    def start(body: dict = Depends(json_object)):
+        """{"preset": "person", "data": {"train_dir": "/data/10_sks woman"}, "output": {"name": "sks_v1"}}"""
         if backend.service().status().active:
             raise HTTPException(status_code=409, detail=_busy_message(backend.service().status()))
         try:
@@ -134,7 +150,8 @@ def v1_router(backend: Backend, credentials: dict[str, str]) -> APIRouter:
             raise HTTPException(status_code=400, detail=str(error)) from None
 
     @router.post("/class-images")
-    def class_images(body: dict = Body(..., example={"dataset": "my_cat", "class_word": "cat", "per_image": 10})):
+    def class_images(body: dict = Depends(json_object)):
+        """{"dataset": "my_cat", "class_word": "cat", "per_image": 10}"""
         if backend.class_images is None:
             raise HTTPException(status_code=404, detail="Class images are not available here.")
         if backend.service().status().active:
@@ -145,7 +162,8 @@ def v1_router(backend: Backend, credentials: dict[str, str]) -> APIRouter:
             raise HTTPException(status_code=400, detail=str(error)) from None
 
     @router.post("/compare")
-    def compare(body: dict = Body(..., example={"run": "sks_v1", "weights": [0, 0.5, 1], "seeds": [1, 2]})):
+    def compare(body: dict = Depends(json_object)):
+        """{"run": "sks_v1", "weights": [0, 0.5, 1], "seeds": [1, 2]}"""
         if backend.compare is None:
             raise HTTPException(status_code=404, detail="Comparisons are not available here.")
         if backend.service().status().active:

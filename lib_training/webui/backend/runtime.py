@@ -22,6 +22,7 @@ from ...fileio import atomic_write_bytes
 from ...train import events as ev
 from ...train.full import extracted_lora_path, is_full
 from . import bridge
+from .console_progress import ConsoleProgress
 from .service import FINISHED, RunStatus, TrainingService
 
 OPTION_DATASETS_DIR = "lora_studio_datasets_dir"
@@ -31,6 +32,7 @@ JOB_NAME = "lora_studio_train"
 
 _service: TrainingService | None = None
 _service_guard = threading.Lock()
+_console = ConsoleProgress()  # A1111's console bar: the run's real step total
 
 
 def _opt(name: str, default=None):
@@ -143,8 +145,10 @@ def _mirror_progress(event: ev.Event, status: RunStatus) -> None:
     if isinstance(event, ev.Started):
         state.job_count, state.job_no, state.sampling_steps, state.sampling_step = event.total_steps, event.start_step, 0, 0
         state.textinfo = f"LoRA Studio: training {status.name}, {event.total_steps} steps"
+        _console.started(status.name, event.total_steps, event.start_step)
     elif isinstance(event, ev.StepDone):
         state.job_count, state.job_no = event.total_steps, event.step
+        _console.step(event.step, event.total_steps)
         # No ETA here: A1111's progress bar adds its own from job_no / job_count.
         state.textinfo = f"LoRA Studio: step {event.step}/{event.total_steps}, epoch {event.epoch}, loss {event.loss:.4f}"
     elif isinstance(event, ev.Message):
@@ -159,7 +163,8 @@ def _progress_kept() -> Iterator[None]:
     state = shared.state
     saved = (state.job_count, state.job_no, state.textinfo, state.sampling_steps, state.sampling_step)
     try:
-        yield
+        with _console.samples_kept_off():
+            yield
     finally:
         state.job_count, state.job_no, state.textinfo, state.sampling_steps, state.sampling_step = saved
 
@@ -207,6 +212,7 @@ def _finish(status: RunStatus, config: TrainConfig) -> None:
     `<name>.json` and, for the final file, the last sample as preview; then refresh the Lora list."""
     from . import outputs
 
+    _console.close()
     files = status.files + ([status.result] if status.state == FINISHED and status.result else [])
     preview = status.samples[-1][1] if status.samples else None
     if is_full(config):  # checkpoints: cards too (A1111 shows them on its Checkpoints page), then its list

@@ -148,18 +148,24 @@ def export_settings(method: str, values: Sequence[Any], folders: Folders, checkp
 
 
 def run_choices(folders: Folders) -> tuple[list[RunRecord], list[str]]:
+    """The runs and their picker labels: the run's name (its folder's parent added when two share a name)."""
     records = list_runs(folders.run_roots)
-    return records, [str(r.folder) for r in records]
+    return records, [label for label, _ in _labelled(records)]
 
 
-def load_run(folder: str, folders: Folders) -> tuple[Optional[str], Optional[list], str]:
-    """(method, form values in FIELDS order, message) from a run's config.toml; None when unusable."""
-    if not folder:
+def _labelled(records: list[RunRecord]) -> list[tuple[str, RunRecord]]:
+    names = [r.name for r in records]
+    return [(r.name if names.count(r.name) == 1 else f"{r.name} ({r.folder.parent})", r) for r in records]
+
+
+def load_run(label: str, folders: Folders) -> tuple[Optional[str], Optional[list], str]:
+    """(method, form values in FIELDS order, message) from the config.toml of the run picked by its label."""
+    if not label:
         return None, None, "Choose a run first."
-    records = [r for r in list_runs(folders.run_roots) if str(r.folder) == folder]
+    records = [r for shown, r in _labelled(list_runs(folders.run_roots)) if shown == label]
     if not records or records[0].config is None:
         problem = records[0].problem if records else "it is no longer there"
-        return None, None, f"⚠ Cannot load {html.escape(folder)}: {html.escape(problem)}"
+        return None, None, f"⚠ Cannot load {html.escape(label)}: {html.escape(problem)}"
     record = records[0]
     values = form.values_from_config(record.config)
     hint = " It can be resumed: tick Resume and press Start." if record.resumable else ""

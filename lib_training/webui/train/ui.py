@@ -210,15 +210,16 @@ def create_train_tab(default_preset_label: str) -> dict:
                                                run=_runtime().run_from_ui,
                                                preferred_weight=DEFAULT_PREFERRED_WEIGHT)
         if not outcome.started:
-            return gr.update(), gr.update(), gr.update(), outcome.result_html
-        records = train_actions.run_choices(_folders())[0]
-        return outcome.samples, runs_table_html(records), outcome.prompt or gr.update(), outcome.result_html
+            return gr.update(), gr.update(), gr.update(), gr.update(), outcome.result_html
+        records, choices = train_actions.run_choices(_folders())
+        return (outcome.samples, runs_table_html(records), gr.update(choices=choices), outcome.prompt or gr.update(),
+                outcome.result_html)
 
     start.click(
-        fn=wrap_gradio_gpu_call(start_training, extra_outputs=[gr.update(), gr.update(), gr.update()]),
+        fn=wrap_gradio_gpu_call(start_training, extra_outputs=[gr.update(), gr.update(), gr.update(), gr.update()]),
         _js="lora_studio_start",
         inputs=[task_id, resume, method] + fields,
-        outputs=[gallery, runs_html, send_prompt, result],
+        outputs=[gallery, runs_html, run_choice, send_prompt, result],
         show_progress=False,
     )
     cancel.click(fn=lambda: train_actions.cancel_training(_runtime().get_service().cancel), inputs=[],
@@ -233,8 +234,8 @@ def create_train_tab(default_preset_label: str) -> dict:
 
     runs_refresh.click(fn=refresh_runs, inputs=[], outputs=[runs_html, run_choice], show_progress=False)
 
-    def load_settings(folder):
-        method_value, values, message = train_actions.load_run(folder, _folders())
+    def load_settings(label):
+        method_value, values, message = train_actions.load_run(label, _folders())
         if values is None:
             return [gr.update(), message] + [gr.update() for _ in fields]
         return [method_value, message] + values
