@@ -213,6 +213,8 @@ def chosen_files(names: Iterable[str], folders: Folders) -> list[LoraFile]:
     root = Path(folders.lora_dir)
     files = []
     for name in names:
+        if "\x00" in str(name):
+            raise SettingsError(f"{str(name)!r} is not a file name (it holds a NUL byte). Choose a file from the list.")
         path = (root / str(name)).resolve()
         _require_in_lora_dir(path, root)
         if path.suffix.lower() != ".safetensors" or not path.is_file():

@@ -368,6 +368,8 @@ def save_caption(root: Path, image: str, text: str) -> Outcome:
 def _inside(root: Path, image: str) -> Path:
     if not image:
         raise SettingsError("Click an image in the gallery first.")
+    if "\x00" in image:
+        raise SettingsError(f"{image!r} is not an image of the dataset '{Path(root).name}'.")
     path = Path(image).resolve()
     base = Path(root).resolve()
     if base not in path.parents:

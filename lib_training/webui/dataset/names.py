@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from ...errors import SettingsError
+from ...fileio import MAX_NAME_BYTES
 
 _NAME_OK = re.compile(r"^[\w][\w .+\-()\[\]]*$", re.UNICODE)
 
@@ -26,6 +27,8 @@ def check_dataset_name(name: str) -> str:
     stripped = (name or "").strip()
     if not stripped:
         raise SettingsError("Give the dataset a name, e.g. 'my_cat'. It becomes a folder in the datasets folder.")
+    if len(stripped.encode("utf-8")) > MAX_NAME_BYTES:
+        raise SettingsError(f"The dataset name is {len(stripped.encode('utf-8'))} bytes long; use at most {MAX_NAME_BYTES}.")
     if "/" in stripped or "\\" in stripped or ".." in stripped or not _NAME_OK.match(stripped):
         raise SettingsError(f"The dataset name {stripped!r} may only use letters, digits, spaces and _ - . + ( ) [ ] "
                             "(no '/' or '..': it is a folder inside the datasets folder).")
