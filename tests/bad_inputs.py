@@ -169,7 +169,8 @@ def _decompression_bomb(subset: Path, corpus: Corpus) -> Kind:
     """A 200-byte PNG claiming 40000x40000 pixels (1.6 G pixels)."""
     path = subset / "bomb.png"
     path.write_bytes(_png_bytes(40000, 40000, zlib.compress(b"\x00" * 64)))
-    return _left_out("decompression bomb (tiny file, 40000x40000 px header)", "left out: too large to load safely", path)
+    return _left_out("decompression bomb (tiny file, 40000x40000 px header)", "left out: too large to load safely",
+                     path)
 
 
 def _one_pixel(subset: Path, corpus: Corpus) -> Kind:
@@ -365,7 +366,8 @@ def _negative_repeats(subset: Path, corpus: Corpus) -> Kind:
 
 
 def _no_repeats(subset: Path, corpus: Corpus) -> Kind:
-    return _image_folder(subset.parent, "holiday photos", "folder without a repeat count", "left out: skipped as kohya does")
+    return _image_folder(subset.parent, "holiday photos", "folder without a repeat count",
+                         "left out: skipped as kohya does")
 
 
 def _letters_repeats(subset: Path, corpus: Corpus) -> Kind:

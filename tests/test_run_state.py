@@ -58,7 +58,8 @@ def fake_shared(out: io.StringIO) -> SimpleNamespace:
         def clear(self):
             self.total, self.n = None, 0
 
-    shared = SimpleNamespace(state=SimpleNamespace(job_count=0, sampling_steps=0), opts=SimpleNamespace(multiple_tqdm=True),
+    shared = SimpleNamespace(state=SimpleNamespace(job_count=0, sampling_steps=0),
+                             opts=SimpleNamespace(multiple_tqdm=True),
                              cmd_opts=SimpleNamespace(disable_console_progressbars=False), progress_print_out=out)
     shared.total_tqdm = A1111TotalBar()
     return shared

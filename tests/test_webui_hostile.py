@@ -172,8 +172,9 @@ def test_an_output_name_linked_out_of_the_lora_folder_is_refused(world):
     outside = world.tmp / "outside.safetensors"
     outside.write_bytes(b"precious")
     (world.lora_dir / "hostile.safetensors").symlink_to(outside)
-    response = world.client.post("/lora-studio/v1/start", content=json.dumps(start_body(world, output={"overwrite": True})),
-                                 auth=auth(), headers={"content-type": "application/json"})
+    body = json.dumps(start_body(world, output={"overwrite": True}))
+    response = world.client.post("/lora-studio/v1/start", content=body, auth=auth(),
+                                 headers={"content-type": "application/json"})
     assert response.status_code == 400 and "outside" in response.json()["detail"]
     assert outside.read_bytes() == b"precious"
 

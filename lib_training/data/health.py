@@ -35,7 +35,8 @@ from PIL import Image, UnidentifiedImageError
 
 from . import images as _images
 from .caption_tools import caption_files_by_image, contains_word
-from .folders import DEFAULT_CAPTION_EXTENSIONS, DatasetSpec, ImageItem, SkippedEntry, _list_dir, decode_text, scan_dataset
+from .folders import (DEFAULT_CAPTION_EXTENSIONS, DatasetSpec, ImageItem, SkippedEntry, _list_dir, decode_text,
+                      scan_dataset)
 from .image_hash import ImageHash, image_hash, near_duplicate_pairs
 
 ERROR, WARNING, NOTE = "error", "warning", "note"

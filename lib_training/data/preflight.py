@@ -100,7 +100,8 @@ def _left_out(health: HealthReport) -> list[LeftOut]:
     for issue in health.issues:
         if issue.severity == ERROR or issue.code in LEFT_OUT_CODES:
             for affected in issue.files:
-                result.setdefault(affected.path, LeftOut(affected.path, issue.code, _reason(issue.code, affected.detail)))
+                reason = _reason(issue.code, affected.detail)
+                result.setdefault(affected.path, LeftOut(affected.path, issue.code, reason))
     return sorted(result.values(), key=lambda item: str(item.path))
 
 

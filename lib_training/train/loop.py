@@ -155,9 +155,9 @@ class _Trainer:
             self._remove_leftovers()
             atomic_write_text(self.plan.run_dir / "config.toml", self.c.to_toml())
             self.plan.checked.write(self.plan.run_dir)
-            self.caches = self._make_caches(start_step)
             self.step_done = start_step
             try:
+                self.caches = self._make_caches(start_step)
                 return self._loop(start_step)
             except OUT_OF_MEMORY as error:
                 raise self._out_of_memory(error) from error
@@ -414,12 +414,11 @@ class _Trainer:
                              f"{self._resume_hint(step)}")
 
     def _out_of_memory(self, error: BaseException) -> TrainingError:
-        step = self.step_done
+        step, detail = self.step_done, (str(error).splitlines() or [type(error).__name__])[0]
         return TrainingError(
-            f"Out of memory at step {step + 1} ({str(error).splitlines()[0] if str(error) else type(error).__name__}). "
-            "Lower the batch size or the resolution, turn on gradient checkpointing, keep latents cached, "
-            f"lower the rank, or close other programs using the memory; the model is unchanged."
-            f"{self._resume_hint(step)}")
+            f"Out of memory at step {step + 1} ({detail}). Lower the batch size or the resolution, turn on "
+            "gradient checkpointing, keep latents cached, lower the rank, or close other programs using the "
+            f"memory; the model is unchanged.{self._resume_hint(step)}")
 
     def _resume_hint(self, step: int) -> str:
         """Keep a resumable state at `step` when the disk allows, and say how to continue."""

@@ -45,7 +45,8 @@ class ConsoleProgress:
 
     def _enabled(self) -> bool:
         opts, cmd_opts = self.shared.opts, self.shared.cmd_opts
-        return bool(getattr(opts, "multiple_tqdm", True)) and not getattr(cmd_opts, "disable_console_progressbars", False)
+        quiet = getattr(cmd_opts, "disable_console_progressbars", False)
+        return bool(getattr(opts, "multiple_tqdm", True)) and not quiet
 
     def started(self, name: str, total_steps: int, start_step: int) -> None:
         """A new bar for the run: steps done of its real total (A1111's own bar is closed first)."""

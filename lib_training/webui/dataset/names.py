@@ -28,7 +28,8 @@ def check_dataset_name(name: str) -> str:
     if not stripped:
         raise SettingsError("Give the dataset a name, e.g. 'my_cat'. It becomes a folder in the datasets folder.")
     if len(stripped.encode("utf-8")) > MAX_NAME_BYTES:
-        raise SettingsError(f"The dataset name is {len(stripped.encode('utf-8'))} bytes long; use at most {MAX_NAME_BYTES}.")
+        raise SettingsError(f"The dataset name is {len(stripped.encode('utf-8'))} bytes long; "
+                            f"use at most {MAX_NAME_BYTES}.")
     if "/" in stripped or "\\" in stripped or ".." in stripped or not _NAME_OK.match(stripped):
         raise SettingsError(f"The dataset name {stripped!r} may only use letters, digits, spaces and _ - . + ( ) [ ] "
                             "(no '/' or '..': it is a folder inside the datasets folder).")
