@@ -39,7 +39,6 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
-from ..config import TrainConfig
 from ..errors import LoraStudioError
 from .train import form
 from .train.runs import list_runs
