@@ -95,6 +95,16 @@ def test_the_pre_flight_decides_per_file_as_each_kind_says(corpus):
     assert opened.paths and not opened.under(corpus.outside)  # nothing outside the dataset was opened
 
 
+def test_the_dataset_tabs_problem_gallery_opens_nothing_outside(corpus, tmp_path):
+    from lib_training.webui.dataset.actions import problem_images
+
+    report = check_dataset(corpus.project, resolution=64)
+    with OpenedFiles() as opened:
+        images = problem_images(report, tmp_path / "thumbs", limit=1000)
+    assert {p.path for p in images} >= corpus.expected_left_out
+    assert not opened.under(corpus.outside)
+
+
 def test_dataset_check_prints_one_report_and_never_stops_on_a_folder_name(corpus):
     proc = _run_cli("dataset", "check", str(corpus.project), "--resolution", "64")
     assert proc.returncode == 1, proc.stderr  # errors in the report; it is a report, not a stop

@@ -20,7 +20,7 @@ from ...config import OutputSettings
 from ...data.caption_tools import (caption_path, find_replace, prefix_captions, read_caption_text, scan_folder,
                                   tag_frequency_table, write_caption)
 from ...data.captioner import caption_folder
-from ...data.health import ERROR, NOTE, WARNING, HealthReport, TokenCounter, check_dataset
+from ...data.health import ERROR, NOTE, SKIPPED_CODES, WARNING, HealthReport, TokenCounter, check_dataset
 from ...data.importer import REG_DIRNAME, ImportResult, dataset_dirs, import_files, import_folder
 from ...data.preprocess import CROP_MODES, PreprocessOptions, preprocess_dataset
 from ...errors import LoraStudioError, SettingsError
@@ -29,7 +29,7 @@ from .class_images import Generate, generate_class_images, settings_from_mapping
 from ..train.dataset_summary import summarize_dataset
 from ..train.form import METHOD_DREAMBOOTH, METHOD_LORA
 from ..job_progress import JobStopped
-from .thumbnails import thumbnail
+from .thumbnails import placeholder_thumbnail, thumbnail
 
 Progress = Callable[..., None]  # (done, total[, text])
 MAX_PROBLEM_THUMBNAILS = 60
@@ -208,6 +208,7 @@ def problem_images(report: HealthReport, thumbnails_dir: Optional[Path] = None,
     """One entry per affected file, errors first, with everything wrong with it in the caption."""
     order = {ERROR: 0, WARNING: 1, NOTE: 2}
     by_file: dict[Path, list[tuple[int, str]]] = {}
+    not_read = {f.path for issue in report.issues if issue.code in SKIPPED_CODES for f in issue.files}
     for issue in report.issues:
         for affected in issue.files:
             text = ISSUE_LABELS.get(issue.code, issue.code) + (f": {affected.detail}" if affected.detail else "")
@@ -218,7 +219,9 @@ def problem_images(report: HealthReport, thumbnails_dir: Optional[Path] = None,
     for path, problems in ranked[:limit]:
         problems.sort()
         caption = f"{path.name} — " + "; ".join(_shorten(text, 90) for _, text in problems)
-        result.append(ProblemImage(path, thumbnail(path, thumbnails_dir), caption, severity[problems[0][0]]))
+        # Skipped folders and links (maybe leaving the dataset) are never opened, not even for a thumbnail.
+        image = placeholder_thumbnail("skipped", thumbnails_dir) if path in not_read else thumbnail(path, thumbnails_dir)
+        result.append(ProblemImage(path, image, caption, severity[problems[0][0]]))
     return result
 
 

@@ -42,6 +42,17 @@ def thumbnail(path: Path, cache_dir: Path | None = None, side: int = THUMBNAIL_S
     return target
 
 
+def placeholder_thumbnail(kind: str, cache_dir: Path | None = None, side: int = THUMBNAIL_SIDE) -> Path:
+    """A placeholder tile as a file, for entries that must not be opened (links leaving the dataset, folders)."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = cache_dir / f"placeholder-{hashlib.sha1(kind.encode()).hexdigest()[:12]}-{side}.jpg"
+    if not target.is_file():
+        buffer = io.BytesIO()
+        placeholder(kind, side).save(buffer, format="JPEG", quality=85)
+        atomic_write_bytes(target, buffer.getvalue())
+    return target
+
+
 def _thumbnail_bytes(path: Path, side: int) -> bytes:
     image = _small_image(path, side)
     if image is None:
