@@ -217,6 +217,18 @@ def test_compare_runs_are_found_by_name_only(tmp_path, name):
         compare_form.find_run(name, folders)
 
 
+def test_a_caption_linked_from_outside_is_neither_read_nor_followed_when_saved(tmp_path):
+    root = tmp_path / "dataset"
+    folder = write_photos(root / "img" / "1_x", names=("chelsea",), size=64)
+    (tmp_path / "secret.txt").write_text("private words", encoding="utf-8")
+    (folder / "chelsea.txt").symlink_to(tmp_path / "secret.txt")
+    text, _ = dataset_actions.read_caption(root, str(folder / "chelsea.png"))
+    assert text == ""
+    assert dataset_actions.save_caption(root, str(folder / "chelsea.png"), "sks cat").ok
+    assert (tmp_path / "secret.txt").read_text(encoding="utf-8") == "private words"
+    assert not (folder / "chelsea.txt").is_symlink()
+
+
 @pytest.mark.parametrize("image", ["../outside.png", "/etc/passwd", "img/1_x/../../../outside.png", "a\x00b.png"])
 def test_a_caption_is_only_written_beside_an_image_of_the_dataset(tmp_path, image):
     root = tmp_path / "dataset"

@@ -17,7 +17,8 @@ from typing import Callable
 
 from ..errors import DatasetError, SettingsError
 from ..fileio import atomic_write_text
-from .folders import DEFAULT_CAPTION_EXTENSIONS, DatasetSpec, ImageItem, _caption_files, decode_text, scan_dataset, tag_frequency
+from .folders import (DEFAULT_CAPTION_EXTENSIONS, DatasetSpec, ImageItem, _caption_files, _inside, _real, decode_text,
+                      scan_dataset, tag_frequency)
 
 
 @dataclass
@@ -62,9 +63,10 @@ def caption_path(image: Path) -> Path:
 
 
 def read_caption_text(path: Path) -> str:
-    """The whole text of a caption file, whatever its encoding; "" when it does not exist."""
+    """The whole text of a caption file, whatever its encoding; "" when it does not exist or is a link
+    leaving its folder (nothing outside the dataset is read; saving writes a real file in its place)."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() or (path.is_symlink() and not _inside(path, _real(path.parent))):
         return ""
     try:
         return decode_text(path.read_bytes()).replace("\x00", "")
