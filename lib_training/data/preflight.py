@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import DatasetError
+from ..fileio import atomic_write_text
 from .folders import DatasetSpec, Subset
 from .health import ERROR, SKIPPED_CODES, HealthReport, approximate_token_count, check_dataset
 
@@ -66,8 +67,6 @@ class PreflightReport:
 
     def write(self, folder: Path) -> Path:
         """`<run folder>/preflight.json`: the run's record of what it trained on and left out."""
-        from ..fileio import atomic_write_text
-
         path = Path(folder) / REPORT_FILE
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
         return path
