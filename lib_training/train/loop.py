@@ -26,6 +26,7 @@ from ..seeding import derived_seed, generator
 from . import events as ev
 from .cpu_autocast import cuda_like_norms
 from .cpu_tuning import tuned_layers
+from .distributed import Ranks, any_rank, current, share_latents, sum_gradients, summed
 from .full import FullFineTune, check_extract_target, is_full, write_checkpoint, write_extracted_lora
 from .fp8_layers import fp8_upcast
 from .guard import frozen, gradient_checkpointing
@@ -51,6 +52,11 @@ class NoisedBatch:
     target: torch.Tensor
     sizes: list[SizeConditioning] = field(default_factory=list)  # SDXL's size/crop conditioning
 
+    def rows(self, rows: slice) -> NoisedBatch:
+        """One rank's slice of a global batch (train/distributed.py)."""
+        return NoisedBatch(self.noisy[rows], self.timesteps[rows], self.captions[rows], self.target[rows],
+                           self.sizes[rows])
+
     @staticmethod
     def joined(parts: list[NoisedBatch]) -> NoisedBatch:
         return NoisedBatch(torch.cat([p.noisy for p in parts]), torch.cat([p.timesteps for p in parts]),
@@ -73,13 +79,15 @@ def train(config: TrainConfig, model: ModelAdapter, on_event: ev.EventSink | Non
           cancel: ev.CancelToken | None = None, resume: bool = False) -> TrainResult:
     """Train a LoRA on `model` as `config` says; the model is left exactly as found."""
     config.validate()
-    plan = make_plan(config, resuming=resume)
+    ranks = current()  # torchrun: one rank of several (train/distributed.py)
+    plan = make_plan(config, resuming=resume, world_size=ranks.world_size)
     state = load_state(plan.run_dir) if resume else None
     if state is not None:
         _check_resumable(state, config, plan)
     elif not resume:
         check_extract_target(config)
-    trainer = _Trainer(config, model, plan, on_event or (lambda event: None), cancel or ev.CancelToken())
+    emit = on_event if on_event is not None and ranks.is_main else (lambda event: None)
+    trainer = _Trainer(config, model, plan, emit, cancel or ev.CancelToken(), ranks)
     return trainer.run(state)
 
 
@@ -100,8 +108,12 @@ def _toml_loads(text: str) -> dict:
 
 class _Trainer:
     def __init__(self, config: TrainConfig, model: ModelAdapter, plan: RunPlan, emit: ev.EventSink,
-                 cancel: ev.CancelToken):
+                 cancel: ev.CancelToken, ranks: Ranks = Ranks()):
         self.c, self.model, self.plan, self.emit, self.cancel_token = config, model, plan, emit, cancel
+        self.ranks, self.writes = ranks, ranks.is_main  # only rank 0 writes files and logs
+        if ranks.active and not config.data.cache_latents:
+            raise SettingsError("Training on several processes needs cached latents (each rank draws the whole "
+                                "global batch); remove --no-cache-latents / set data.cache_latents = true.")
         self.device = model.device
         self.precision = choose_precision(config.train.mixed_precision, self.device, model.unet(),
                                           model.text_encoder())
@@ -117,8 +129,9 @@ class _Trainer:
         self.files: list[Path] = []
         self.facts = RunFacts(started_at=time.time(), max_steps=plan.total_steps,
                               batches_per_epoch=plan.batches_per_epoch,
-                              num_train_images=plan.dataset.num_train_images,
-                              num_reg_images=plan.dataset.num_reg_images,
+                              # kohya's meaning: images x repeats (what Civitai and kohya's tools read)
+                              num_train_images=plan.dataset.num_train_samples,
+                              num_reg_images=plan.dataset.num_reg_samples,
                               dataset_dirs=plan.dataset_dirs, tag_frequency=plan.tag_frequency,
                               bucket_info=plan.bucket_info,
                               mixed_precision=self.precision.label)
@@ -136,14 +149,16 @@ class _Trainer:
                                                 and self.autocast_dtype is not None))
             # fp32 on the CPU only: CUDA's libraries pick their own kernels well.
             stack.enter_context(tuned_layers(base_modules, enabled=self.device.type == "cpu"
-                                             and self.autocast_dtype is None and not self.precision.fp8))
+                                             and self.autocast_dtype is None and not self.precision.fp8,
+                                             persist=self.c.train.deterministic))
             self.caches = self._make_caches()
             self.optimizer = self._make_optimizer()
             self.scheduler = build_scheduler(self.optimizer, self.c.optimizer, self.plan.total_steps)
             self.scaler = grad_scaler(self.precision, self.device)
             start_step = self._restore(state) if state else 0
-            self.plan.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.plan.run_dir / "config.toml", self.c.to_toml())
+            if self.writes:
+                self.plan.run_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(self.plan.run_dir / "config.toml", self.c.to_toml())
             return self._loop(start_step)
 
     def _make_network(self) -> LoraNetwork | FullFineTune:
@@ -164,7 +179,10 @@ class _Trainer:
             for samples in (self.plan.train_samples, self.plan.reg_samples))
         if d.cache_latents:
             for cache in caches:
-                cache.fill(flips=d.flip)
+                if self.ranks.active:
+                    share_latents(cache, d.flip, self.ranks, self.device)
+                else:
+                    cache.fill(flips=d.flip)
         return caches
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -206,9 +224,10 @@ class _Trainer:
         micro = step * accum
         self._truncate_log(step)
         while step < plan.total_steps:
-            if self.cancel_token.cancelled:
+            if self._stop_requested():
                 self._save_resume_state(step)
-                self.stats.write(plan.run_dir)
+                if self.writes:
+                    self.stats.write(plan.run_dir)
                 raise TrainingCancelled(f"Training cancelled at step {step} of {plan.total_steps}. "
                                         f"Resume it later (state in {plan.run_dir}).")
             for _ in range(accum):
@@ -229,6 +248,10 @@ class _Trainer:
                 self._request_samples(step)
         return self._finish(step, time.monotonic() - started, last_loss)
 
+    def _stop_requested(self) -> bool:
+        cancelled = self.cancel_token.cancelled
+        return any_rank(cancelled, self.device) if self.ranks.active else cancelled
+
     def _epoch_ended(self, micro: int, accum: int) -> bool:
         bpe = self.plan.batches_per_epoch
         return (micro // bpe) > ((micro - accum) // bpe)
@@ -236,14 +259,17 @@ class _Trainer:
     def _micro_batch_loss(self, micro: int) -> torch.Tensor:
         plan, d = self.plan, self.c.data
         epoch, offset = divmod(micro, plan.batches_per_epoch)
-        batch = epoch_batches(plan.train_samples, self.c.train.batch_size, self.c.train.seed, epoch)[offset]
+        global_batch = self.c.train.batch_size * self.ranks.world_size
+        batch = epoch_batches(plan.train_samples, global_batch, self.c.train.seed, epoch)[offset]
         gen = generator(self.c.train.seed, "micro", micro)
         parts = [(1.0, self._noised_batch(plan.train_samples, self.caches[0], batch, gen))]
         if plan.reg_samples and d.prior_loss_weight > 0:
-            reg_batches = epoch_batches(plan.reg_samples, self.c.train.batch_size, self.c.train.seed,
+            reg_batches = epoch_batches(plan.reg_samples, global_batch, self.c.train.seed,
                                         epoch, use_repeats=False)
             reg_batch = reg_batches[micro % len(reg_batches)]
             parts.append((d.prior_loss_weight, self._noised_batch(plan.reg_samples, self.caches[1], reg_batch, gen)))
+        if self.ranks.active:
+            return self._rank_share_of_loss(parts)
         weights, batches = zip(*parts)
         # Instance and class images of one size go through the model as one batch (a quarter faster than
         # two passes on the CPU, and as kohya does); the loss is the same: mean + weight * mean.
@@ -252,6 +278,15 @@ class _Trainer:
         else:
             losses = [self._losses(b) for b in batches]
         return sum(w * l.mean() for w, l in zip(weights, losses))
+
+    def _rank_share_of_loss(self, parts: list[tuple[float, NoisedBatch]]) -> torch.Tensor:
+        """This rank's rows of each global batch; the shares of all ranks add up to the global loss."""
+        total = torch.zeros((), device=self.device)
+        for weight, batch in parts:
+            rows = self.ranks.rows(self.c.train.batch_size, len(batch.timesteps))
+            if rows.start < rows.stop:
+                total = total + weight * self._losses(batch.rows(rows)).sum() / len(batch.timesteps)
+        return total
 
     def _noised_batch(self, samples: list[Sample], cache: LatentCache, batch: list[int],
                       gen: torch.Generator) -> NoisedBatch:
@@ -299,10 +334,13 @@ class _Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def _backward(self, loss: torch.Tensor) -> None:
-        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if loss.requires_grad:  # a rank with no rows in this global batch has nothing to backpropagate
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
 
     def _optimizer_step(self) -> None:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self.ranks.active:  # before unscaling, so every rank sees the same inf/NaN and skips alike
+            sum_gradients(params)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if self.c.optimizer.max_grad_norm > 0:
@@ -318,7 +356,8 @@ class _Trainer:
     # ---- reporting and files ------------------------------------------------------------
     def _read_back(self, pending: list[torch.Tensor], step: int, started: float, start_step: int) -> float:
         """One device->host copy for several steps; NaN/inf stops the run here."""
-        values = torch.stack(pending).float().cpu().tolist()
+        stacked = torch.stack(pending).float()
+        values = (summed(stacked) if self.ranks.active else stacked).cpu().tolist()
         accum = self.c.train.grad_accumulation
         first = step - len(values) // accum + 1
         per_step = [sum(values[i:i + accum]) / accum for i in range(0, len(values), accum)]
@@ -326,7 +365,8 @@ class _Trainer:
             if not math.isfinite(value):
                 self._stop_on_nan(first + offset - 1, value)
             self.losses.append((first + offset, value))
-        self._append_log(self.losses[-len(per_step):])
+        if self.writes:
+            self._append_log(self.losses[-len(per_step):])
         elapsed = time.monotonic() - started
         self.stats.mark(step - start_step, elapsed)
         done = step - start_step
@@ -357,7 +397,9 @@ class _Trainer:
         if not finite:
             self._stop_on_nan(step - 1, float("nan"))
         self.facts.epoch, self.facts.steps, self.facts.finished_at = epoch, step, time.time()
-        if self.full:
+        if not self.writes:
+            pass
+        elif self.full:
             write_checkpoint(path, self.model, self.network, self.c, self.facts, dtype)
         else:
             save_lora(path, tensors, build_metadata(self.c, self.model.info, self.facts))
@@ -373,6 +415,8 @@ class _Trainer:
             self.stats.sampled(step, len(prompts), time.monotonic() - began)
 
     def _save_resume_state(self, step: int) -> None:
+        if not self.writes:
+            return
         save_state(self.plan.run_dir, ResumeState(
             step=step, lora=self.network.kohya_state_dict(), optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(), config_toml=self.c.to_toml()))
@@ -382,10 +426,11 @@ class _Trainer:
                                                       / self.plan.batches_per_epoch))
         path = self._save(self.plan.final_file(self.c.output.name), epochs_done, step)
         lora = None
-        if self.full and self.c.output.extract_lora_rank:
+        if self.full and self.c.output.extract_lora_rank and self.writes:
             lora = write_extracted_lora(self.model, self.network, self.c, self.facts)
             self.emit(ev.Message(f"Extracted a rank-{self.c.output.extract_lora_rank} LoRA: {lora}"))
-        self.stats.write(self.plan.run_dir)
+        if self.writes:
+            self.stats.write(self.plan.run_dir)
         self.emit(ev.Finished(path, step, seconds, last_loss, tuple(self.files)))
         return TrainResult(path, list(self.files), step, seconds, last_loss, list(self.losses), lora)
 
@@ -396,6 +441,8 @@ class _Trainer:
 
     def _truncate_log(self, step: int) -> None:
         """Drop log lines past the resume point (they were never part of a saved state)."""
+        if not self.writes:
+            return
         log = self.plan.run_dir / LOG_FILE
         atomic_write_text(log, "".join(json.dumps({"step": s, "loss": v}) + "\n" for s, v in self.losses
                                        if s <= step))

@@ -51,7 +51,8 @@ class RunPlan:
         return {"buckets": counts}
 
 
-def make_plan(config: TrainConfig, resuming: bool = False) -> RunPlan:
+def make_plan(config: TrainConfig, resuming: bool = False, world_size: int = 1) -> RunPlan:
+    """`world_size` processes (torchrun) each take batch_size images of every global batch."""
     d, t = config.data, config.train
     dataset = scan_dataset(Path(d.train_dir), Path(d.reg_dir) if d.reg_dir else None,
                            caption_extensions=(d.caption_extension,) + tuple(
@@ -61,8 +62,8 @@ def make_plan(config: TrainConfig, resuming: bool = False) -> RunPlan:
                            "Put training images in <repeats>_<name>/ subfolders.")
     train_samples = plan_samples(dataset.train_items, d.resolution, d.bucketing, d.bucket_step)
     reg_samples = plan_samples(dataset.reg_items, d.resolution, d.bucketing, d.bucket_step)
-    batches, total_steps, epochs = count_steps(_bucket_sizes(train_samples), t.batch_size, t.grad_accumulation,
-                                               t.epochs, t.max_steps)
+    batches, total_steps, epochs = count_steps(_bucket_sizes(train_samples), t.batch_size * world_size,
+                                               t.grad_accumulation, t.epochs, t.max_steps)
     output_dir = Path(config.output.output_dir)
     run_dir = Path(config.output.runs_dir) if config.output.runs_dir else output_dir / "lora_studio_runs"
     plan = RunPlan(dataset, train_samples, reg_samples, batches, total_steps, epochs,
