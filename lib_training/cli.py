@@ -17,6 +17,7 @@ from .cli_help import toml_only_epilog, with_default
 from .config import METHODS, OPTIMIZERS, SCHEDULERS, TrainConfig
 from .errors import LoraStudioError, TrainingCancelled
 from .train import events as ev
+from .train.console import ConsoleProgress
 
 # flag -> (section, field, type, help)
 FLAGS: dict[str, tuple[str, str, Callable, str]] = {
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "each process takes cuda:LOCAL_RANK (default: auto)")
     train.add_argument("--print-config", action="store_true", help="print the merged settings as TOML and exit")
     _add_dataset_commands(commands)
+    _add_demo_command(commands)
     extract = commands.add_parser("extract-lora", help="a LoRA from the difference of two checkpoints (SVD)",
                                   description="Write a kohya LoRA that takes BASE to TUNED (e.g. the epoch of a "
                                               "full fine-tune picked by eye), as kohya's extract_lora_from_models.py.")
@@ -123,6 +125,17 @@ def _add_dataset_commands(commands) -> None:
     prep.add_argument("--flip", action="store_true", help="also write a mirrored copy of each training image")
 
 
+def _add_demo_command(commands) -> None:
+    demo = commands.add_parser("demo", help="the whole loop on a built-in toy model (no download, ~2 min on a CPU)",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=(
+        "Dataset -> Train -> Compare on a built-in 5 MB toy model that learns a shape it never saw. "
+        "Proves the installation and shows the loop; writes everything into one folder."))
+    demo.add_argument("--out", type=Path, default=Path("lora-studio-demo"), help="output folder (must be new or empty)")
+    demo.add_argument("--overwrite", action="store_true", help="replace a previous demo's files in --out")
+    demo.add_argument("--seed", type=int, default=1, help="seed: the same seed gives the same run")
+    demo.add_argument("--fast", action="store_true", help="a shorter run (fewer steps and samples; for tests)")
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config = TrainConfig.from_toml(args.config) if args.config else TrainConfig()
     for flag, (section, field, _, _) in FLAGS.items():
@@ -149,6 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _dataset(args)
         if args.command == "extract-lora":
             return _extract(args)
+        if args.command == "demo":
+            from .demo.main import run_demo
+
+            run_demo(args.out, seed=args.seed, fast=args.fast, overwrite=args.overwrite)
+            return 0
         config = config_from_args(args)
         if args.print_config:
             print(config.to_toml())
@@ -220,7 +238,7 @@ def _train(config: TrainConfig, args: argparse.Namespace) -> int:
         if fp8:
             store_as_fp8([model.unet(), model.text_encoder()])
         cancel = ev.CancelToken()
-        progress = _Progress()
+        progress = ConsoleProgress()
         try:
             with cancel_on_signals(cancel, announce=ranks.is_main):
                 result = train(config, model, on_event=progress, cancel=cancel, resume=args.resume)
@@ -246,32 +264,3 @@ def _train(config: TrainConfig, args: argparse.Namespace) -> int:
 def _say(ranks, text: str) -> None:
     if ranks.is_main:
         print(text, flush=True)
-
-
-class _Progress:
-    """A tqdm bar when tqdm is installed, plain lines otherwise."""
-
-    def __init__(self) -> None:
-        self.bar = None
-
-    def __call__(self, event: ev.Event) -> None:
-        if isinstance(event, ev.Started):
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=event.total_steps, initial=event.start_step, unit="step")
-            except ImportError:
-                print(f"Training {event.total_steps} steps on {event.num_train_images} images")
-        elif isinstance(event, ev.StepDone):
-            if self.bar is not None:
-                self.bar.n = event.step
-                self.bar.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.lr:.2e}", epoch=event.epoch)
-            else:
-                print(f"step {event.step}/{event.total_steps} loss {event.loss:.4f} eta {event.eta_s:.0f}s")
-        elif isinstance(event, (ev.EpochSaved, ev.Message)):
-            text = f"saved epoch {event.epoch}: {event.path}" if isinstance(event, ev.EpochSaved) else event.text
-            (self.bar.write if self.bar is not None else print)(text)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
