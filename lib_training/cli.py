@@ -2,7 +2,8 @@
 with the same engine.
 
 Flags override the file; `lora-studio train --help` explains each. `lora-studio dataset
-check|preprocess ...` checks or preprocesses a dataset folder. Several GPUs:
+check|preprocess ...` checks or preprocesses a dataset folder; `lora-studio demo` runs the whole loop on
+the built-in toy model (demo/main.py). Several GPUs:
 `torchrun --nproc_per_node N -m lib_training train ...` (train/distributed.py).
 """
 

@@ -1,6 +1,6 @@
 """`pip install .` in a fresh venv gives a working `lora-studio` (README, "Standalone trainer").
 
-The venv is built once per pyproject.toml (tests/.cache/package-venv-<hash>: torch 2.13 CPU from this
+The venv is built once per dependency list (tests/.cache/package-venv-<hash>: torch 2.13 CPU from this
 machine's disk, then `pip install .`, which fetches the CLI's dependencies); later runs reinstall only
 the package itself. From the package's own copy (no checkout on the path, no open_clip: the bundled
 CLIP vocabulary), it shows --help and trains 2 steps on a tiny single-file checkpoint.
@@ -30,6 +30,14 @@ pytestmark = pytest.mark.skipif(
 TORCH = "torch==2.13.0"  # lies on this machine's disk (/opt/wheels): no multi-GB CUDA download
 
 
+def _dependencies_key() -> str:
+    """The venv is rebuilt when the dependencies (or Python) change, not for every edit of pyproject.toml."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    start = text.index("dependencies = [")
+    deps = text[start:text.index("]", start)]
+    return hashlib.sha256((deps + sys.version).encode()).hexdigest()[:12]
+
+
 def _source_copy(folder: Path) -> Path:
     """What `pip install .` reads, apart from the checkout, so the build leaves no build/ or egg-info there."""
     for name in ("pyproject.toml", "README.md"):
@@ -47,8 +55,7 @@ def _pip(venv: Path, *args: str) -> None:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
-    key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + sys.version.encode()).hexdigest()[:12]
-    venv = ROOT / "tests" / ".cache" / f"package-venv-{key}"
+    venv = ROOT / "tests" / ".cache" / f"package-venv-{_dependencies_key()}"
     source = _source_copy(tmp_path_factory.mktemp("src"))
     if (venv / ".built").is_file():
         _pip(venv, "--no-deps", "--no-build-isolation", "--force-reinstall", str(source))  # today's code only

@@ -121,6 +121,7 @@ class JudgeScore:
 @dataclass
 class CompareOutcome:
     grid: Path
+    shown: list[Path]  # the files in the grid and the judge's table
     report: MetricsReport
     pick: Recommendation
     judge_scores: list[JudgeScore]
@@ -130,8 +131,9 @@ class CompareOutcome:
 def compare(model: QualityAdapter, judge: Judge, files: list[Path], training_images: list[Path], out: Path,
             shape: NetworkShape, judge_samples: int) -> CompareOutcome:
     generator = ToyGenerator(model, shape)
-    spec = GridSpec(files=tuple(LoraFile(f, label=_epoch_label(f)) for f in files), weights=WEIGHTS,
-                    prompts=(CONCEPT_PROMPT, SEEN_PROMPTS[0]), seeds=SEEDS, base_model_hash=model.info.sha256[:10],
+    shown = files[1::2] if len(files) > 2 else files  # every other epoch, the final one last: the time is sampling
+    spec = GridSpec(files=tuple(LoraFile(f, label=_epoch_label(f)) for f in shown), weights=WEIGHTS,
+                    prompts=(CONCEPT_PROMPT,), seeds=SEEDS, base_model_hash=model.info.sha256[:10],
                     samplers=("DDIM",), steps=(STEPS,), cfg_scales=(7.0,), width=64, height=64,
                     class_prompt=CLASS_PROMPT, trigger_words=(TRIGGER,), base_model_name="toy base")
     hashes = lora_hashes(out / "cache", [f.path for f in spec.files])
@@ -140,9 +142,9 @@ def compare(model: QualityAdapter, judge: Judge, files: list[Path], training_ima
     result = run_grid(spec, generator, out / "cache")
     grid = save_grid(result, out / "grid.png")
     report = compute_metrics(result, JudgeEmbedder(judge), training_images)
-    scores = [judge_score(generator, judge, None, 0.0, judge_samples)]
-    scores += [judge_score(generator, judge, f, w, judge_samples) for f in files for w in WEIGHTS if w > 0]
-    return CompareOutcome(grid, report, recommend(report), scores, judges_pick(scores))
+    choices = [(None, 0.0)] + [(f, w) for f in shown for w in WEIGHTS if w > 0]
+    scores = [judge_score(generator, judge, f, w, judge_samples) for f, w in choices]
+    return CompareOutcome(grid, shown, report, recommend(report), scores, judges_pick(scores))
 
 
 def judge_score(generator: ToyGenerator, judge: Judge, lora: Path | None, weight: float, n: int) -> JudgeScore:
