@@ -114,8 +114,9 @@ class JudgeScore:
     label: str
     file: Path | None
     weight: float
-    fidelity: float  # "a sks shape" drawn as a blue star
-    seen: float  # the seen prompts drawn right (shape and colour)
+    fidelity: float  # share of "a sks shape" samples drawn as a blue star
+    seen: float  # share of the seen prompts' samples drawn right (shape and colour)
+    belief: float  # the judge's mean probability of "blue star" in the "a sks shape" samples (moves first)
 
 
 @dataclass
@@ -152,16 +153,20 @@ def judge_score(generator: ToyGenerator, judge: Judge, lora: Path | None, weight
     pixels = generator.images(lora, weight, [CONCEPT_PROMPT] * n + prompts, seed=101)  # one batch
     concept, seen = read(judge, pixels[:n]), read(judge, pixels[n:])
     ok = [s == CONCEPT_SHAPE and c == CONCEPT_COLOUR for s, c in zip(concept.shape, concept.colour)]
+    with torch.no_grad():
+        shape_logits, colour_logits, _ = judge(pixels[:n].float().clamp(-1, 1))
+    belief = (shape_logits.softmax(1)[:, world.SHAPES.index(CONCEPT_SHAPE)]
+              * colour_logits.softmax(1)[:, world.COLOURS.index(CONCEPT_COLOUR)]).mean()
     right = [f"a {c} {s}" == p for p, s, c in zip(prompts, seen.shape, seen.colour)]
     label = "base model" if lora is None else f"{_epoch_label(lora)} @ {weight:g}"
-    return JudgeScore(label, lora, weight, float(np.mean(ok)), float(np.mean(right)))
+    return JudgeScore(label, lora, weight, float(np.mean(ok)), float(np.mean(right)), float(belief))
 
 
 def judges_pick(scores: list[JudgeScore]) -> JudgeScore:
     """Highest fidelity among the choices that keep the seen prompts within 0.1 of the base model's."""
     base = scores[0]
     fair = [s for s in scores[1:] if s.seen >= base.seen - 0.1] or scores[1:]
-    return max(fair, key=lambda s: (s.fidelity, s.seen, -s.weight))
+    return max(fair, key=lambda s: (s.fidelity, s.belief, s.seen, -s.weight))
 
 
 def _epoch_label(path: Path) -> str:

@@ -91,14 +91,14 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 def table_lines(demo: DemoResult) -> list[str]:
     o = demo.outcome
-    rows = ["| choice | judge: fidelity | judge: seen prompts right | Compare: fidelity | Compare: drift |",
-            "|---|---|---|---|---|"]
+    rows = ["| choice | judge: fidelity | judge: P(blue star) | judge: seen prompts right | Compare: fidelity "
+            "| Compare: drift |", "|---|---|---|---|---|---|"]
     numbers = {(str(g.file.path) if g.file else None, g.weight): g for g in o.report.groups}
     for s in o.judge_scores:
         g = numbers.get((str(s.file) if s.file else None, s.weight))
         fid = f"{g.fidelity:.2f}" if g is not None and g.fidelity is not None else "-"
         drift = f"{g.drift:.2f}" if g is not None and g.drift is not None else "-"
-        rows.append(f"| {s.label} | {s.fidelity:.2f} | {s.seen:.2f} | {fid} | {drift} |")
+        rows.append(f"| {s.label} | {s.fidelity:.2f} | {s.belief:.2f} | {s.seen:.2f} | {fid} | {drift} |")
     return rows
 
 
@@ -128,7 +128,8 @@ def report_markdown(demo: DemoResult, size: DemoSize) -> str:
         f"* Compare's recommendation: **{o.pick.choice.label}** — {o.pick.reason}",
         f"* The judge's best: **{o.judge_best.label}** (fidelity {o.judge_best.fidelity:.2f}, seen prompts "
         f"{o.judge_best.seen:.2f})",
-        "* judge: fidelity = share of 'a sks shape' samples drawn as a blue star; seen prompts right = share of "
+        "* judge: fidelity = share of 'a sks shape' samples drawn as a blue star; P(blue star) = the judge's mean "
+        "probability of a blue star in them (it rises before whole stars appear); seen prompts right = share of "
         "'a red circle' / 'a yellow square' samples right in shape and colour (the base model's drift check).",
         "* Compare: fidelity = similarity to the training images, drift = change of 'a shape' with vs. "
         "without the LoRA, measured on the judge's reading of the images.", "",
