@@ -77,9 +77,14 @@ def _run(venv: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_pip_install_gives_a_lora_studio_command_that_trains(installed, tmp_path):
     assert not (installed / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
-                / "open_clip").exists()
+                / "open_clip").exists()  # CLIP's vocabulary comes with the package
     shown = _run(installed, tmp_path, "--help")
-    assert shown.returncode == 0 and "train" in shown.stdout and "dataset" in shown.stdout, shown.stderr
+    assert shown.returncode == 0 and "train" in shown.stdout and "demo" in shown.stdout, shown.stderr
+    site = installed / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    for data in ("lib_training/demo/fixtures/base.safetensors", "lib_training/demo/fixtures/SHA256SUMS",
+                 "lib_training/models/clip_bpe/LICENSE"):
+        assert (site / data).is_file(), f"{data} is not in the installed package"
+    assert not (site / "lib_training" / "webui").exists()  # the WebUI side stays out of the package
     configs = {"unet": tiny_unet_config(), "vae": tiny_vae_config(), "text": tiny_text_config()}
     unet, vae, text = build_models(configs["unet"], configs["vae"], configs["text"], seed=5)
     checkpoint = save_checkpoint(tmp_path / "tiny-sd1.safetensors", unet, vae, text, "sd1", configs)
