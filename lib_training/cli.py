@@ -1,7 +1,10 @@
-"""`python -m lib_training train --config run.toml [flags]`: headless training with the same engine.
+"""`lora-studio train --config run.toml [flags]` (or `python -m lib_training ...`): headless training
+with the same engine.
 
-Flags override the file; `python -m lib_training train --help` explains each.
-`python -m lib_training dataset check|preprocess ...` checks or preprocesses a dataset folder.
+Flags override the file; `lora-studio train --help` explains each. `lora-studio dataset
+check|preprocess ...` checks or preprocesses a dataset folder; `lora-studio demo` runs the whole loop on
+the built-in toy model (demo/main.py). Several GPUs:
+`torchrun --nproc_per_node N -m lib_training train ...` (train/distributed.py).
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .cli_help import toml_only_epilog, with_default
 from .config import METHODS, OPTIMIZERS, SCHEDULERS, TrainConfig
 from .errors import LoraStudioError, TrainingCancelled
 from .train import events as ev
+from .train.console import ConsoleProgress
 
 # flag -> (section, field, type, help)
 FLAGS: dict[str, tuple[str, str, Callable, str]] = {
@@ -37,7 +42,9 @@ FLAGS: dict[str, tuple[str, str, Callable, str]] = {
     "--steps": ("train", "max_steps", int, "number of optimizer steps (overrides --epochs)"),
     "--epochs": ("train", "epochs", int, "number of epochs (one epoch = every image x its repeats)"),
     "--batch-size": ("train", "batch_size", int, "images per step"),
-    "--seed": ("train", "seed", int, "random seed (same seed + settings = same LoRA)"),
+    "--seed": ("train", "seed", int, "random seed: the same seed + settings on the same machine give the same "
+               "LoRA bit for bit (train.deterministic); on another machine or number of GPUs, the same within "
+               "float rounding"),
     "--save-every": ("train", "save_every_epochs", int, "also save <name>-NNNNNN.safetensors every N epochs (0 = off)"),
     "--mixed-precision": ("train", "mixed_precision", str,
                           "auto (follows the weights: fp16 on CUDA, fp32 on the CPU), no, fp16 or bf16 (autocast)"),
@@ -64,22 +71,28 @@ SWITCHES: dict[str, tuple[str, str, bool, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lib_training", description="LoRA Studio's headless trainer.")
+    parser = argparse.ArgumentParser(prog="lora-studio", description="LoRA Studio's headless trainer "
+                                     "(also `python -m lib_training`).")
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train a LoRA", description=(
+    train = commands.add_parser("train", help="train a LoRA", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=toml_only_epilog(), description=(
         "Train a kohya-format LoRA (or, with --method full, fine-tune the checkpoint itself) on a "
         "single-file checkpoint. Settings come from --config "
-        "(TOML, the same file the WebUI tab exports); flags override it."))
+        "(TOML, the same file the WebUI tab exports); flags override it.\n"
+        "Several GPUs or nodes: torchrun --nproc_per_node N -m lib_training train ... "
+        "(each GPU takes --batch-size images of every step)."))
     train.add_argument("--config", type=Path, help="run settings as TOML (sections model, data, network, "
                                                    "optimizer, train, output)")
-    for flag, (_, _, kind, text) in FLAGS.items():
-        train.add_argument(flag, type=kind, help=text)
+    for flag, (section, field, kind, text) in FLAGS.items():
+        train.add_argument(flag, type=kind, help=with_default(text, section, field))
     for flag, (_, _, _, text) in SWITCHES.items():
         train.add_argument(flag, action="store_true", help=text)
-    train.add_argument("--resume", action="store_true", help="continue a cancelled run with the same name")
-    train.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
+    train.add_argument("--resume", action="store_true", help="continue a cancelled run (Ctrl-C) with the same name")
+    train.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]; under torchrun, "
+                                                        "each process takes cuda:LOCAL_RANK (default: auto)")
     train.add_argument("--print-config", action="store_true", help="print the merged settings as TOML and exit")
     _add_dataset_commands(commands)
+    _add_demo_command(commands)
     extract = commands.add_parser("extract-lora", help="a LoRA from the difference of two checkpoints (SVD)",
                                   description="Write a kohya LoRA that takes BASE to TUNED (e.g. the epoch of a "
                                               "full fine-tune picked by eye), as kohya's extract_lora_from_models.py.")
@@ -115,6 +128,17 @@ def _add_dataset_commands(commands) -> None:
     prep.add_argument("--flip", action="store_true", help="also write a mirrored copy of each training image")
 
 
+def _add_demo_command(commands) -> None:
+    demo = commands.add_parser("demo", help="the whole loop on a built-in toy model (no download, ~2 min on a CPU)",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=(
+        "Dataset -> Train -> Compare on a built-in 5 MB toy model that learns a shape it never saw. "
+        "Proves the installation and shows the loop; writes everything into one folder."))
+    demo.add_argument("--out", type=Path, default=Path("lora-studio-demo"), help="output folder (must be new or empty)")
+    demo.add_argument("--overwrite", action="store_true", help="replace a previous demo's files in --out")
+    demo.add_argument("--seed", type=int, default=1, help="seed: the same seed gives the same run")
+    demo.add_argument("--fast", action="store_true", help="a shorter run (fewer steps and samples; for tests)")
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     config = TrainConfig.from_toml(args.config) if args.config else TrainConfig()
     for flag, (section, field, _, _) in FLAGS.items():
@@ -129,6 +153,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return config
 
 
+def main_exit() -> None:
+    """The `lora-studio` console script."""
+    sys.exit(main())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -136,6 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _dataset(args)
         if args.command == "extract-lora":
             return _extract(args)
+        if args.command == "demo":
+            from .demo.main import run_demo
+
+            run_demo(args.out, seed=args.seed, fast=args.fast, overwrite=args.overwrite)
+            return 0
         config = config_from_args(args)
         if args.print_config:
             print(config.to_toml())
@@ -187,26 +221,41 @@ def _train(config: TrainConfig, args: argparse.Namespace) -> int:
     from .models.fp8 import store_as_fp8
     from .models.single_file import load_checkpoint
     from .models.weight_dtype import resolve_weight_dtype
+    from .train import distributed
+    from .train.before_load import refuse_before_loading
+    from .train.interrupt import cancel_on_signals
     from .train.loop import train
 
-    config.validate(need_checkpoint=True)
-    checked = _preflight(config)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    dtype, fp8 = resolve_weight_dtype(config.model.weight_dtype, config.train.mixed_precision,
-                                      torch.device(device).type)
-    print(f"Loading {config.model.checkpoint} ...", flush=True)
-    model = load_checkpoint(Path(config.model.checkpoint), config.model.prediction_type, config.model.clip_skip,
-                            config.model.tokenizer_dir, device=device, dtype=dtype)
-    if fp8:
-        store_as_fp8([model.unet(), model.text_encoder()])
-    cancel = ev.CancelToken()
-    progress = _Progress()
+    ranks = distributed.init_from_env(torch.device(device).type)
+    if ranks.active and torch.device(device).type == "cuda":
+        device = f"cuda:{ranks.local_rank}"
+        torch.cuda.set_device(device)
     try:
-        result = train(config, model, on_event=progress, cancel=cancel, resume=args.resume, checked=checked)
-    except KeyboardInterrupt:
-        raise TrainingCancelled("Interrupted.") from None
+        config.validate(need_checkpoint=True)
+        checked = _preflight(config, ranks)
+        refuse_before_loading(config, args.resume, ranks.world_size, checked)
+        dtype, fp8 = resolve_weight_dtype(config.model.weight_dtype, config.train.mixed_precision,
+                                          torch.device(device).type)
+        _say(ranks, f"Loading {config.model.checkpoint} ...")
+        model = load_checkpoint(Path(config.model.checkpoint), config.model.prediction_type, config.model.clip_skip,
+                                config.model.tokenizer_dir, device=device, dtype=dtype)
+        if fp8:
+            store_as_fp8([model.unet(), model.text_encoder()])
+        cancel = ev.CancelToken()
+        progress = ConsoleProgress()
+        try:
+            with cancel_on_signals(cancel, announce=ranks.is_main):
+                result = train(config, model, on_event=progress, cancel=cancel, resume=args.resume,
+                               checked=checked)
+        except KeyboardInterrupt:
+            raise TrainingCancelled("Interrupted (no resumable state was written).") from None
+        finally:
+            progress.close()
     finally:
-        progress.close()
+        distributed.shutdown()
+    if not ranks.is_main:
+        return 0
     size_mb = result.path.stat().st_size / 1e6
     print(f"Saved {result.path} ({size_mb:.1f} MB): {result.steps} steps in {result.seconds:.1f} s, "
           f"final loss {result.final_loss:.4f}")
@@ -218,39 +267,15 @@ def _train(config: TrainConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def _preflight(config: TrainConfig):
+def _preflight(config: TrainConfig, ranks):
     """The dataset's pre-flight, before the checkpoint is loaded: one listing of what is left out."""
     from .train.plan import preflight_for
 
     checked = preflight_for(config)
-    print(checked.format_text(), flush=True)
+    _say(ranks, checked.format_text())
     return checked
 
 
-class _Progress:
-    """A tqdm bar when tqdm is installed, plain lines otherwise."""
-
-    def __init__(self) -> None:
-        self.bar = None
-
-    def __call__(self, event: ev.Event) -> None:
-        if isinstance(event, ev.Started):
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=event.total_steps, initial=event.start_step, unit="step")
-            except ImportError:
-                print(f"Training {event.total_steps} steps on {event.num_train_images} images")
-        elif isinstance(event, ev.StepDone):
-            if self.bar is not None:
-                self.bar.n = event.step
-                self.bar.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.lr:.2e}", epoch=event.epoch)
-            else:
-                print(f"step {event.step}/{event.total_steps} loss {event.loss:.4f} eta {event.eta_s:.0f}s")
-        elif isinstance(event, (ev.EpochSaved, ev.Message)):
-            text = f"saved epoch {event.epoch}: {event.path}" if isinstance(event, ev.EpochSaved) else event.text
-            (self.bar.write if self.bar is not None else print)(text)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def _say(ranks, text: str) -> None:
+    if ranks.is_main:
+        print(text, flush=True)

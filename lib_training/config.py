@@ -95,6 +95,7 @@ class TrainSettings:
     sample_every_steps: int = 0  # 0 = no sample requests
     sample_prompts: list = field(default_factory=list)
     loss_readback_steps: int = 1  # read the loss back from the device every N steps
+    deterministic: bool = True  # reuse the CPU layer tuner's saved choices: same seed + settings = same bits
 
 
 @dataclass

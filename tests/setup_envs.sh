@@ -8,6 +8,7 @@ PY=${PYTHON:-python3}
 make_env() {
   local name=$1 reqs=$2 stamp=.venv-tests/$1/.installed
   if [[ -f $stamp ]] && cmp -s "$reqs" "$stamp"; then return; fi
+  echo "Building .venv-tests/$name from $reqs (first run: a few minutes) ..."
   $PY -m venv ".venv-tests/$name"
   ".venv-tests/$name/bin/pip" install -q -r "$reqs"
   cp "$reqs" "$stamp"

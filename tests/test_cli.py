@@ -77,3 +77,110 @@ def test_flags_override_the_config_file(tmp_path):
     assert config.network.rank == 8 and config.network.alpha == 32.0
     assert config.optimizer.unet_lr == 5e-4 and config.output.name == "from_file"
     assert config.network.train_text_encoder is False
+
+
+# ---- help, refusals before the load, Ctrl-C, determinism (issue cli-package) ----------------------
+
+def test_help_shows_defaults_and_a_word_on_every_toml_only_setting(capsys):
+    import dataclasses
+
+    from lib_training.cli_help import TOML_ONLY
+    from lib_training.config import TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "LoRA rank (network_dim), typical 8-128 (default: 32)" in text
+    assert "torchrun --nproc_per_node N -m lib_training train" in text
+    flagged = {f"{section}.{field}" for section, field, *_ in list(FLAGS.values()) + list(SWITCHES.values())}
+    config = TrainConfig()
+    for section in dataclasses.fields(config):
+        for setting in dataclasses.fields(getattr(config, section.name)):
+            key = f"{section.name}.{setting.name}"
+            assert key in flagged or key in TOML_ONLY, f"{key} has neither a flag nor a word in --help"
+    for key in TOML_ONLY:
+        section, field = key.split(".")
+        assert f"[{section}] {field} = " in text
+
+
+@pytest.mark.parametrize("case", ["name taken", "no images", "nothing to resume"])
+def test_refusals_that_need_no_model_come_before_the_checkpoint_load(case, tiny_checkpoint, tmp_path, monkeypatch,
+                                                                     capsys):
+    from lib_training.models import single_file
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded before the refusal")
+
+    monkeypatch.setattr(single_file, "load_checkpoint", no_load)
+    data, out = tmp_path / "data", tmp_path / "Lora"
+    write_photos(data / "1_sks cat", names=("chelsea",))
+    args = ["train", "--checkpoint", str(tiny_checkpoint), "--data", str(data), "--output-dir", str(out),
+            "--name", "taken", "--resolution", "64"]
+    expected = {"name taken": "already exists", "no images": "No images found",
+                "nothing to resume": "No resumable state"}[case]
+    if case == "name taken":
+        out.mkdir()
+        (out / "taken.safetensors").write_bytes(b"mine")
+    elif case == "no images":
+        (data / "1_sks cat" / "chelsea.png").unlink()
+    else:
+        args.append("--resume")
+    assert main(args) == 2
+    assert expected in capsys.readouterr().err
+    if case == "name taken":
+        assert (out / "taken.safetensors").read_bytes() == b"mine"
+
+
+def test_ctrl_c_keeps_a_resumable_state_and_resume_finishes_the_run(tiny_checkpoint, tmp_path):
+    import signal
+    import time
+
+    data, out = tmp_path / "data", tmp_path / "Lora"
+    write_photos(data / "2_sks cat", names=("chelsea", "coffee"), size=64)
+    args = ["train", "--checkpoint", str(tiny_checkpoint), "--data", str(data), "--output-dir", str(out),
+            "--name", "ctrl_c", "--steps", "40", "--resolution", "64", "--rank", "4", "--seed", "3",
+            "--save-every", "0", "--unet-only"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "lib_training", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    log = out / "lora_studio_runs" / "ctrl_c" / "log.jsonl"
+    deadline = time.monotonic() + 300
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Resume it later" in err and "Traceback" not in err
+    assert (log.parent / "resume.lsstate").is_file() and not (out / "ctrl_c.safetensors").exists()
+    stopped_at = len(log.read_text().splitlines())
+    assert stopped_at < 40
+
+    resumed = _run_cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resuming at step {stopped_at} of 40" in resumed.stdout + resumed.stderr
+    steps = [int(line.split('"step": ')[1].split(",")[0]) for line in log.read_text().splitlines()]
+    assert steps == list(range(1, 41)) and (out / "ctrl_c.safetensors").is_file()
+
+
+def test_same_seed_and_settings_give_a_bit_identical_lora(tiny_checkpoint, tmp_path):
+    """Each run is a new process: without the saved kernel choices, timing could pick others."""
+    data = tmp_path / "data"
+    write_photos(data / "2_sks cat", names=("chelsea", "coffee"))
+    cache = tmp_path / "xdg-cache"
+    files = []
+    for run in ("a", "b"):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(cache)}
+        proc = subprocess.run([sys.executable, "-m", "lib_training", "train", "--checkpoint", str(tiny_checkpoint),
+                               "--data", str(data), "--output-dir", str(tmp_path / run), "--name", "same",
+                               "--steps", "6", "--resolution", "64", "--rank", "4", "--seed", "11"],
+                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        files.append(load_lora(tmp_path / run / "same.safetensors")[0])
+    assert list((cache / "lora_studio" / "cpu_tuning").glob("choices-*.json"))  # the first run's choices
+    assert files[0].keys() == files[1].keys()
+    assert all(torch_equal(files[0][k], files[1][k]) for k in files[0])
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all()) and a.dtype == b.dtype

@@ -104,3 +104,27 @@ def test_inside_the_context_lora_hooks_still_apply_and_outside_nothing_is_left(s
                 assert again.choice is tuner.choice  # kept for the next run in this process
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
         assert not any("forward" in m.__dict__ for m in list(unet.modules()) + list(te.modules()))
+
+
+def test_saved_choices_are_reused_so_every_run_takes_the_same_kernels(monkeypatch, tmp_path):
+    """train.deterministic: a later run (a new process) uses the first run's choice even where
+    its own timing would pick the other kernel."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(cpu_tuning, "_PROCESS_CHOICES", {})
+    layer = nn.Linear(24, 40).requires_grad_(False)
+    x = torch.randn(3, 24)
+    monkeypatch.setattr(LayerTuner, "_fastest", lambda self, ways, layer, x, needs_backward: 1)
+    with tuned_layers([layer], persist=True) as first:
+        layer(x)
+    assert list(first.choice.values()) == [1]
+    assert list((tmp_path / "lora_studio" / "cpu_tuning").glob("choices-*.json"))
+
+    monkeypatch.setattr(cpu_tuning, "_PROCESS_CHOICES", {})  # a new process
+    monkeypatch.setattr(LayerTuner, "_fastest", lambda self, ways, layer, x, needs_backward: 0)
+    with tuned_layers([layer], persist=True) as second:
+        layer(x)
+    assert list(second.choice.values()) == [1]
+    monkeypatch.setattr(cpu_tuning, "_PROCESS_CHOICES", {})
+    with tuned_layers([layer], persist=False) as without:
+        layer(x)
+    assert list(without.choice.values()) == [0]  # without the saved choices, the new timing decides

@@ -17,7 +17,7 @@ import pytest
 QUALITY = Path(__file__).resolve().parents[1] / "bench" / "quality"
 sys.path.insert(0, str(QUALITY))
 
-from fixtures_io import FIXTURES, fixture_available  # noqa: E402
+from lib_training.demo.fixtures_io import FIXTURES, fixture_available  # noqa: E402
 
 # Half the benchmark's steps at twice its learning rate, no seen-prompt samples (nothing here asserts on
 # them) and the base scored beside the training runs: the benchmark's effect in about two minutes.
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(
 def test_lora_teaches_the_concept_and_class_images_keep_the_class(tmp_path):
     import methods
     import teach
-    from base_model import load_base
+    from lib_training.demo.base_model import load_base
     from metrics import EvalSizes
 
     model = load_base()  # draws the class images, on all cores: nothing else runs yet

@@ -8,7 +8,7 @@ from conftest import small_config
 from lib_training.webui.train import form
 from lib_training.webui.train.actions import preset_values
 from lib_training.webui.train.estimate import DeviceInfo, estimate, memory_gb, seconds_per_step
-from lib_training.webui.train.presets import PRESETS, SDXL_CHANGES, find_preset
+from lib_training.webui.train.presets import PRESETS, SDXL_CHANGES, describe, find_preset
 
 RTX_3060 = DeviceInfo("cuda", "NVIDIA GeForce RTX 3060", 12.0)
 
@@ -22,7 +22,7 @@ def test_sdxl_presets_follow_kohyas_sdxl_advice(key, photo_dataset):
     assert not v["network.train_text_encoder"] and v["optimizer.text_encoder_lr"] == 0
     assert v["train.gradient_checkpointing"] and not v["data.shuffle_captions"]  # fixed captions: outputs cached
     assert {k: v[k] for k in v if k not in SDXL_CHANGES} == {k: sd1.values[k] for k in v if k not in SDXL_CHANGES}
-    assert "1024 px (SDXL)" in xl.description and "(SDXL)" not in sd1.description
+    assert "1024 px (SDXL)" in describe(xl) and "(SDXL)" not in describe(sd1)
     config = form.config_from_values(form.apply_preset({**form.default_values(), "data.train_dir": str(photo_dataset)},
                                                        xl))
     config.validate()

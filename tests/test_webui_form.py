@@ -16,7 +16,7 @@ from lib_training.train.plan import make_plan
 from lib_training.webui.train import form, actions as train_actions
 from lib_training.webui.train.dataset_summary import list_dataset_folders, summarize_dataset
 from lib_training.webui.train.estimate import DeviceInfo, estimate, memory_gb, seconds_per_step
-from lib_training.webui.train.presets import PRESETS, TARGET_SAMPLES_PER_EPOCH, find_preset, suggested_repeats
+from lib_training.webui.train.presets import PRESETS, TARGET_SAMPLES_PER_EPOCH, describe, find_preset, suggested_repeats
 from lib_training.webui.train.runs import list_runs, read_run, runs_table_html
 from lib_training.webui.backend.service import CANCELLED, FAILED, FINISHED, RunStatus
 
@@ -116,7 +116,7 @@ def test_presets_follow_community_practice(key, photo_dataset):
     assert v["train.save_every_epochs"] == 1 and v["train.epochs"] == 10
     values = form.apply_preset({**form.default_values(), "data.train_dir": str(photo_dataset)}, preset)
     form.config_from_values(values).validate()  # every preset is a valid config
-    assert "steps" in preset.description and "GB" in preset.description and "\n" not in preset.description
+    assert "steps" in describe(preset) and "GB" in describe(preset) and "\n" not in describe(preset)
 
 
 def test_style_preset_trains_the_text_encoder_little_or_not_and_flips_while_faces_do_not():

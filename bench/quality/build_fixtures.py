@@ -4,7 +4,7 @@
     python bench/quality/build_fixtures.py --only base --threads 2     # 5000 steps, ~41 min on 2 free cores
     python bench/quality/build_fixtures.py --only eval                 # score the base (seen prompts)
 
-Writes bench/quality/fixtures/{judge,base}.safetensors, their sha256 in fixtures/SHA256SUMS and
+Writes lib_training/demo/fixtures/{judge,base}.safetensors, their sha256 in fixtures/SHA256SUMS and
 the measured accuracies in fixtures/REPORT.json. Bit-identical output needs the same torch build
 and thread count (the committed judge used one thread, the base two; REPORT.json records them).
 """
@@ -23,9 +23,9 @@ sys.path[:0] = [str(HERE), str(HERE.parents[1])]
 
 import torch  # noqa: E402
 
-import base_model  # noqa: E402
-import judge as judge_mod  # noqa: E402
-from fixtures_io import FIXTURES, fixture_available, save_fixture  # noqa: E402
+from lib_training.demo import base_model  # noqa: E402
+from lib_training.demo import judge as judge_mod  # noqa: E402
+from lib_training.demo.fixtures_io import FIXTURES, fixture_available, save_fixture  # noqa: E402
 
 REPORT = FIXTURES / "REPORT.json"
 

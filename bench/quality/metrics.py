@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-import world
-from base_model import CFG, QualityAdapter, sample
-from judge import Judge, read
+from lib_training.demo import world
+from lib_training.demo.base_model import CFG, QualityAdapter, sample
+from lib_training.demo.judge import Judge, read
 from lib_training.lora.network import LoraNetwork, NetworkShape
 from methods import Method
 

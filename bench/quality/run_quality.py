@@ -23,8 +23,8 @@ sys.path[:0] = [str(HERE), str(HERE.parents[1])]
 
 import torch  # noqa: E402
 
-from base_model import load_base  # noqa: E402
-from judge import load_judge  # noqa: E402
+from lib_training.demo.base_model import load_base  # noqa: E402
+from lib_training.demo.judge import load_judge  # noqa: E402
 from methods import METHODS, method, scaled_alphas  # noqa: E402
 from metrics import EvalSizes, Scores, score  # noqa: E402
 from teach import Datasets, Line, run_lines  # noqa: E402

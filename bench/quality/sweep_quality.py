@@ -24,8 +24,8 @@ sys.path[:0] = [str(HERE), str(HERE.parents[1])]
 
 import torch  # noqa: E402
 
-from base_model import load_base  # noqa: E402
-from judge import load_judge  # noqa: E402
+from lib_training.demo.base_model import load_base  # noqa: E402
+from lib_training.demo.judge import load_judge  # noqa: E402
 from plot import Point, fidelity_vs_drift  # noqa: E402
 from run_quality import add_setting_args, log, setting_overrides  # noqa: E402
 from methods import METHODS, Method, method, scaled_alphas  # noqa: E402

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-import world
-from base_model import CFG, QualityAdapter, load_base, sample
-from judge import load_judge
+from lib_training.demo import world
+from lib_training.demo.base_model import CFG, QualityAdapter, load_base, sample
+from lib_training.demo.judge import load_judge
 from lib_training.config import TrainConfig
 from lib_training.data.importer import REG_DIRNAME, TRAIN_DIRNAME
 from lib_training.lora.io import load_lora

@@ -124,6 +124,10 @@ class LatentCache:
             self._memory[key] = latent
         return latent
 
+    def put(self, index: int, flipped: bool, latent: torch.Tensor) -> None:
+        """A latent encoded elsewhere (another rank of a multi-GPU run)."""
+        self._memory[(index, flipped)] = latent
+
     def _disk_path(self, sample: Sample, flipped: bool) -> Path:
         w, h = sample.bucket
         suffix = "-flip" if flipped else ""

@@ -1,8 +1,9 @@
-"""CLIP's tokenizer, built offline from the BPE file that open_clip / clip ship.
+"""CLIP's tokenizer, built offline from CLIP's BPE file (bundled in `clip_bpe/`, MIT, see its LICENSE).
 
 A single-file checkpoint carries no tokenizer and nothing may be downloaded, so the
 CLI builds `vocab.json` + `merges.txt` from `bpe_simple_vocab_16e6.txt.gz` (the same
-vocabulary SD1 and SD2 use) once, into a cache folder.
+vocabulary SD1 and SD2 use) once, into a cache folder. The file ships with the package so
+`pip install .` needs no open_clip; open_clip's or clip's copy is the fallback.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from ..cache_dir import user_cache_dir
 from ..errors import CheckpointError
 from ..fileio import atomic_write_text
 
@@ -21,7 +23,12 @@ _PACKAGES_WITH_BPE = ("open_clip", "clip")
 _NUM_MERGES = 49152 - 256 - 2
 
 
+BUNDLED_BPE = Path(__file__).parent / "clip_bpe" / BPE_FILE
+
+
 def find_bpe_file() -> Path:
+    if BUNDLED_BPE.is_file():
+        return BUNDLED_BPE
     for package in _PACKAGES_WITH_BPE:
         spec = importlib.util.find_spec(package)  # finds the folder without importing it
         for folder in (spec.submodule_search_locations or []) if spec else []:
@@ -61,7 +68,7 @@ def write_tokenizer_files(bpe_file: Path, folder: Path) -> Path:
 
 
 def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "lora_studio" / "clip_tokenizer"
+    return user_cache_dir("clip_tokenizer")
 
 
 @lru_cache(maxsize=4)

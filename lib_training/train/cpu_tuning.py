@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .guard import replaced_forwards
+from .tuning_cache import choices_file, load_choices, save_choices
 
 _TIMED_RUNS = 2
 # Keep PyTorch's own way unless another is clearly faster: timing a few runs is noisy.
@@ -147,19 +148,29 @@ class LayerTuner:
 
 
 @contextmanager
-def tuned_layers(modules: Iterable[nn.Module], enabled: bool = True) -> Iterator[LayerTuner | None]:
+def tuned_layers(modules: Iterable[nn.Module], enabled: bool = True,
+                 persist: bool = False) -> Iterator[LayerTuner | None]:
     """While inside, every eligible layer under `modules` runs the fastest way for its shapes.
 
     Sets an instance-level `forward` (forward hooks, e.g. the LoRA's, still run) and removes
-    it on exit. Enter after freezing the base: only frozen layers are tuned.
+    it on exit. Enter after freezing the base: only frozen layers are tuned. `persist` reuses the
+    choices saved by earlier runs and saves new ones (tuning_cache.py): runs become bit-identical.
     """
     if not enabled:
         yield None
         return
+    path = choices_file() if persist else None
+    if path is not None:
+        _PROCESS_CHOICES.update(load_choices(path))  # the saved choice wins: every run uses the same kernel
+    known = len(_PROCESS_CHOICES)
     tuner = LayerTuner(_PROCESS_CHOICES)
     layers = [layer for root in modules for layer in root.modules() if eligible(layer)]
-    with replaced_forwards((layer, _bound(tuner, layer)) for layer in layers):
-        yield tuner
+    try:
+        with replaced_forwards((layer, _bound(tuner, layer)) for layer in layers):
+            yield tuner
+    finally:
+        if path is not None and len(_PROCESS_CHOICES) > known:
+            save_choices(path, _PROCESS_CHOICES)
 
 
 def _bound(tuner: LayerTuner, layer: nn.Module):

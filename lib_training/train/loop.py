@@ -27,6 +27,7 @@ from ..seeding import derived_seed, generator
 from . import events as ev
 from .cpu_autocast import cuda_like_norms
 from .cpu_tuning import tuned_layers
+from .distributed import Ranks, any_rank, current, share_latents, sum_gradients, summed
 from .full import FullFineTune, check_extract_target, is_full, write_checkpoint, write_extracted_lora
 from .fp8_layers import fp8_upcast
 from .guard import frozen, gradient_checkpointing
@@ -55,6 +56,11 @@ class NoisedBatch:
     target: torch.Tensor
     sizes: list[SizeConditioning] = field(default_factory=list)  # SDXL's size/crop conditioning
 
+    def rows(self, rows: slice) -> NoisedBatch:
+        """One rank's slice of a global batch (train/distributed.py)."""
+        return NoisedBatch(self.noisy[rows], self.timesteps[rows], self.captions[rows], self.target[rows],
+                           self.sizes[rows])
+
     @staticmethod
     def joined(parts: list[NoisedBatch]) -> NoisedBatch:
         return NoisedBatch(torch.cat([p.noisy for p in parts]), torch.cat([p.timesteps for p in parts]),
@@ -81,7 +87,8 @@ def train(config: TrainConfig, model: ModelAdapter, on_event: ev.EventSink | Non
     `checked` is the pre-flight the caller ran (and showed) before loading the model; without it the
     pre-flight runs here and its listing of left-out files comes as a Message."""
     config.validate()
-    plan = make_plan(config, resuming=resume, checked=checked)
+    ranks = current()  # torchrun: one rank of several (train/distributed.py)
+    plan = make_plan(config, resuming=resume, checked=checked, world_size=ranks.world_size)
     if checked is None and plan.checked.left_out:
         (on_event or (lambda event: None))(ev.Message(plan.checked.format_text()))
     state = load_state(plan.run_dir) if resume else None
@@ -89,7 +96,8 @@ def train(config: TrainConfig, model: ModelAdapter, on_event: ev.EventSink | Non
         _check_resumable(state, config, plan)
     elif not resume:
         check_extract_target(config)
-    trainer = _Trainer(config, model, plan, on_event or (lambda event: None), cancel or ev.CancelToken())
+    emit = on_event if on_event is not None and ranks.is_main else (lambda event: None)
+    trainer = _Trainer(config, model, plan, emit, cancel or ev.CancelToken(), ranks)
     return trainer.run(state)
 
 
@@ -110,8 +118,12 @@ def _toml_loads(text: str) -> dict:
 
 class _Trainer:
     def __init__(self, config: TrainConfig, model: ModelAdapter, plan: RunPlan, emit: ev.EventSink,
-                 cancel: ev.CancelToken):
+                 cancel: ev.CancelToken, ranks: Ranks = Ranks()):
         self.c, self.model, self.plan, self.emit, self.cancel_token = config, model, plan, emit, cancel
+        self.ranks, self.writes = ranks, ranks.is_main  # only rank 0 writes files and logs
+        if ranks.active and not config.data.cache_latents:
+            raise SettingsError("Training on several processes needs cached latents (each rank draws the whole "
+                                "global batch); remove --no-cache-latents / set data.cache_latents = true.")
         self.device = model.device
         self.precision = choose_precision(config.train.mixed_precision, self.device, model.unet(),
                                           model.text_encoder())
@@ -127,8 +139,9 @@ class _Trainer:
         self.files: list[Path] = []
         self.facts = RunFacts(started_at=time.time(), max_steps=plan.total_steps,
                               batches_per_epoch=plan.batches_per_epoch,
-                              num_train_images=plan.dataset.num_train_images,
-                              num_reg_images=plan.dataset.num_reg_images,
+                              # kohya's meaning: images x repeats (what Civitai and kohya's tools read)
+                              num_train_images=plan.dataset.num_train_samples,
+                              num_reg_images=plan.dataset.num_reg_samples,
                               dataset_dirs=plan.dataset_dirs, tag_frequency=plan.tag_frequency,
                               bucket_info=plan.bucket_info,
                               mixed_precision=self.precision.label)
@@ -146,15 +159,17 @@ class _Trainer:
                                                 and self.autocast_dtype is not None))
             # fp32 on the CPU only: CUDA's libraries pick their own kernels well.
             stack.enter_context(tuned_layers(base_modules, enabled=self.device.type == "cpu"
-                                             and self.autocast_dtype is None and not self.precision.fp8))
+                                             and self.autocast_dtype is None and not self.precision.fp8,
+                                             persist=self.c.train.deterministic))
             self.optimizer = self._make_optimizer()
             self.scheduler = build_scheduler(self.optimizer, self.c.optimizer, self.plan.total_steps)
             self.scaler = grad_scaler(self.precision, self.device)
             start_step = self._restore(state) if state else 0
-            self.plan.run_dir.mkdir(parents=True, exist_ok=True)
-            self._remove_leftovers()
-            atomic_write_text(self.plan.run_dir / "config.toml", self.c.to_toml())
-            self.plan.checked.write(self.plan.run_dir)
+            if self.writes:
+                self.plan.run_dir.mkdir(parents=True, exist_ok=True)
+                self._remove_leftovers()
+                atomic_write_text(self.plan.run_dir / "config.toml", self.c.to_toml())
+                self.plan.checked.write(self.plan.run_dir)
             self.step_done = start_step
             try:
                 self.caches = self._make_caches(start_step)
@@ -189,7 +204,9 @@ class _Trainer:
             for samples in (self.plan.train_samples, self.plan.reg_samples))
         if d.cache_latents:
             for cache in caches:
-                if not cache.fill(flips=d.flip, should_stop=lambda: self.cancel_token.cancelled):
+                if self.ranks.active:  # every rank encodes its share; a cancel is seen at the first step
+                    share_latents(cache, d.flip, self.ranks, self.device)
+                elif not cache.fill(flips=d.flip, should_stop=lambda: self.cancel_token.cancelled):
                     self._cancel_at(start_step)
         return caches
 
@@ -233,7 +250,7 @@ class _Trainer:
         self._truncate_log(step)
         self._save_missing_epoch_file(step)
         while step < plan.total_steps:
-            if self.cancel_token.cancelled:
+            if self._stop_requested():
                 self._cancel_at(step)
             for _ in range(accum):
                 loss = self._micro_batch_loss(micro)
@@ -264,9 +281,14 @@ class _Trainer:
 
     def _cancel_at(self, step: int) -> None:
         self._save_resume_state(step)
-        self.stats.write(self.plan.run_dir)
+        if self.writes:
+            self.stats.write(self.plan.run_dir)
         raise TrainingCancelled(f"Training cancelled at step {step} of {self.plan.total_steps}. "
                                 f"Resume it later (state in {self.plan.run_dir}).")
+
+    def _stop_requested(self) -> bool:
+        cancelled = self.cancel_token.cancelled
+        return any_rank(cancelled, self.device) if self.ranks.active else cancelled
 
     def _epoch_ended(self, micro: int, accum: int) -> bool:
         bpe = self.plan.batches_per_epoch
@@ -275,14 +297,17 @@ class _Trainer:
     def _micro_batch_loss(self, micro: int) -> torch.Tensor:
         plan, d = self.plan, self.c.data
         epoch, offset = divmod(micro, plan.batches_per_epoch)
-        batch = epoch_batches(plan.train_samples, self.c.train.batch_size, self.c.train.seed, epoch)[offset]
+        global_batch = self.c.train.batch_size * self.ranks.world_size
+        batch = epoch_batches(plan.train_samples, global_batch, self.c.train.seed, epoch)[offset]
         gen = generator(self.c.train.seed, "micro", micro)
         parts = [(1.0, self._noised_batch(plan.train_samples, self.caches[0], batch, gen))]
         if plan.reg_samples and d.prior_loss_weight > 0:
-            reg_batches = epoch_batches(plan.reg_samples, self.c.train.batch_size, self.c.train.seed,
+            reg_batches = epoch_batches(plan.reg_samples, global_batch, self.c.train.seed,
                                         epoch, use_repeats=False)
             reg_batch = reg_batches[micro % len(reg_batches)]
             parts.append((d.prior_loss_weight, self._noised_batch(plan.reg_samples, self.caches[1], reg_batch, gen)))
+        if self.ranks.active:
+            return self._rank_share_of_loss(parts)
         weights, batches = zip(*parts)
         # Instance and class images of one size go through the model as one batch (a quarter faster than
         # two passes on the CPU, and as kohya does); the loss is the same: mean + weight * mean.
@@ -291,6 +316,15 @@ class _Trainer:
         else:
             losses = [self._losses(b) for b in batches]
         return sum(w * l.mean() for w, l in zip(weights, losses))
+
+    def _rank_share_of_loss(self, parts: list[tuple[float, NoisedBatch]]) -> torch.Tensor:
+        """This rank's rows of each global batch; the shares of all ranks add up to the global loss."""
+        total = torch.zeros((), device=self.device)
+        for weight, batch in parts:
+            rows = self.ranks.rows(self.c.train.batch_size, len(batch.timesteps))
+            if rows.start < rows.stop:
+                total = total + weight * self._losses(batch.rows(rows)).sum() / len(batch.timesteps)
+        return total
 
     def _noised_batch(self, samples: list[Sample], cache: LatentCache, batch: list[int],
                       gen: torch.Generator) -> NoisedBatch:
@@ -338,10 +372,13 @@ class _Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def _backward(self, loss: torch.Tensor) -> None:
-        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if loss.requires_grad:  # a rank with no rows in this global batch has nothing to backpropagate
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
 
     def _optimizer_step(self) -> None:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self.ranks.active:  # before unscaling, so every rank sees the same inf/NaN and skips alike
+            sum_gradients(params)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if self.c.optimizer.max_grad_norm > 0:
@@ -357,7 +394,8 @@ class _Trainer:
     # ---- reporting and files ------------------------------------------------------------
     def _read_back(self, pending: list[torch.Tensor], step: int, started: float, start_step: int) -> float:
         """One device->host copy for several steps; NaN/inf stops the run here."""
-        values = torch.stack(pending).float().cpu().tolist()
+        stacked = torch.stack(pending).float()
+        values = (summed(stacked) if self.ranks.active else stacked).cpu().tolist()
         accum = self.c.train.grad_accumulation
         first = step - len(values) // accum + 1
         per_step = [sum(values[i:i + accum]) / accum for i in range(0, len(values), accum)]
@@ -365,7 +403,8 @@ class _Trainer:
             if not math.isfinite(value):
                 self._stop_on_nan(first + offset - 1, value)
             self.losses.append((first + offset, value))
-        self._append_log(self.losses[-len(per_step):])
+        if self.writes:
+            self._append_log(self.losses[-len(per_step):])
         elapsed = time.monotonic() - started
         self.stats.mark(step - start_step, elapsed)
         done = step - start_step
@@ -398,13 +437,14 @@ class _Trainer:
         if not finite:
             self._stop_on_nan(step - 1, float("nan"))
         self.facts.epoch, self.facts.steps, self.facts.finished_at = epoch, step, time.time()
-        try:
-            if self.full:
-                write_checkpoint(path, self.model, self.network, self.c, self.facts, dtype)
-            else:
-                save_lora(path, tensors, build_metadata(self.c, self.model.info, self.facts))
-        except (OSError, CheckpointError) as error:  # a full disk, a folder gone: no partial file is left
-            raise self._save_failed(path, step, error) from error
+        if self.writes:  # only rank 0 writes under torchrun
+            try:
+                if self.full:
+                    write_checkpoint(path, self.model, self.network, self.c, self.facts, dtype)
+                else:
+                    save_lora(path, tensors, build_metadata(self.c, self.model.info, self.facts))
+            except (OSError, CheckpointError) as error:  # a full disk, a folder gone: no partial file is left
+                raise self._save_failed(path, step, error) from error
         self.files.append(path)
         return path
 
@@ -437,6 +477,8 @@ class _Trainer:
             self.stats.sampled(step, len(prompts), time.monotonic() - began)
 
     def _save_resume_state(self, step: int) -> None:
+        if not self.writes:
+            return
         save_state(self.plan.run_dir, ResumeState(
             step=step, lora=self.network.kohya_state_dict(), optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(), config_toml=self.c.to_toml()))
@@ -446,12 +488,13 @@ class _Trainer:
                                                       / self.plan.batches_per_epoch))
         path = self._save(self.plan.final_file(self.c.output.name), epochs_done, step)
         lora = None
-        if self.full and self.c.output.extract_lora_rank:
+        if self.full and self.c.output.extract_lora_rank and self.writes:
             lora = write_extracted_lora(self.model, self.network, self.c, self.facts)
             self.emit(ev.Message(f"Extracted a rank-{self.c.output.extract_lora_rank} LoRA: {lora}"))
-        self.stats.write(self.plan.run_dir)
-        # A finished run is never offered for resume: its state would retrain from an old step.
-        (self.plan.run_dir / STATE_FILE).unlink(missing_ok=True)
+        if self.writes:
+            self.stats.write(self.plan.run_dir)
+            # A finished run is never offered for resume: its state would retrain from an old step.
+            (self.plan.run_dir / STATE_FILE).unlink(missing_ok=True)
         self.emit(ev.Finished(path, step, seconds, last_loss, tuple(self.files)))
         return TrainResult(path, list(self.files), step, seconds, last_loss, list(self.losses), lora)
 
@@ -462,6 +505,8 @@ class _Trainer:
 
     def _truncate_log(self, step: int) -> None:
         """Drop log lines past the resume point (they were never part of a saved state)."""
+        if not self.writes:
+            return
         log = self.plan.run_dir / LOG_FILE
         atomic_write_text(log, "".join(json.dumps({"step": s, "loss": v}) + "\n" for s, v in self.losses
                                        if s <= step))

@@ -54,8 +54,10 @@ class RunPlan:
         return {"buckets": counts}
 
 
-def make_plan(config: TrainConfig, resuming: bool = False, checked: PreflightReport | None = None) -> RunPlan:
-    """The run's plan; `checked` is the pre-flight the caller ran before loading the model (run here if None)."""
+def make_plan(config: TrainConfig, resuming: bool = False, checked: PreflightReport | None = None,
+              world_size: int = 1) -> RunPlan:
+    """The run's plan; `checked` is the pre-flight the caller ran before loading the model (run here if None).
+    `world_size` processes (torchrun) each take batch_size images of every global batch."""
     d, t = config.data, config.train
     checked = checked if checked is not None else preflight_for(config)
     dataset = checked.spec
@@ -64,8 +66,8 @@ def make_plan(config: TrainConfig, resuming: bool = False, checked: PreflightRep
                            "Put training images in <repeats>_<name>/ subfolders.")
     train_samples = plan_samples(dataset.train_items, d.resolution, d.bucketing, d.bucket_step, checked.sizes)
     reg_samples = plan_samples(dataset.reg_items, d.resolution, d.bucketing, d.bucket_step, checked.sizes)
-    batches, total_steps, epochs = count_steps(_bucket_sizes(train_samples), t.batch_size, t.grad_accumulation,
-                                               t.epochs, t.max_steps)
+    batches, total_steps, epochs = count_steps(_bucket_sizes(train_samples), t.batch_size * world_size,
+                                               t.grad_accumulation, t.epochs, t.max_steps)
     output_dir = Path(config.output.output_dir)
     run_dir = Path(config.output.runs_dir) if config.output.runs_dir else output_dir / "lora_studio_runs"
     plan = RunPlan(dataset, train_samples, reg_samples, batches, total_steps, epochs,

@@ -17,7 +17,7 @@ from . import form
 from .dataset_summary import summarize_dataset
 from .estimate import DeviceInfo, estimate, format_duration
 from ..backend.outputs import DEFAULT_PREFERRED_WEIGHT
-from .presets import find_preset
+from .presets import describe, find_preset
 from .runs import RunRecord, list_runs
 from ..backend.service import CANCELLED, FAILED, FINISHED, RunStatus
 
@@ -64,7 +64,7 @@ def estimate_markdown(method: str, values: Sequence[Any], folders: Folders, devi
 def preset_values(preset_label: str, family: str = "sd1") -> tuple[str, dict[str, Any]]:
     """(description, {field key: value}) of a preset, for the loaded model's family."""
     preset = find_preset(preset_label, family)
-    return preset.description, dict(preset.values)
+    return describe(preset), dict(preset.values)
 
 
 @dataclass

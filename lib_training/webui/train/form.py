@@ -126,6 +126,8 @@ FIELDS: tuple[Field, ...] = (
     Field("train.sample_every_steps", "Sample every N steps", "int", ADVANCED, "0 = no samples"),
     Field("train.loss_readback_steps", "Read the loss back every N steps", "int", ADVANCED,
           "1 = exact chart; higher saves a GPU sync per step"),
+    Field("train.deterministic", "Deterministic", "bool", ADVANCED,
+          "same seed + settings on this machine = the same LoRA, bit for bit (reuses the CPU kernel choices)"),
 )
 
 FIELD_KEYS: tuple[str, ...] = tuple(f.key for f in FIELDS)

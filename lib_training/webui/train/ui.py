@@ -17,7 +17,7 @@ from . import form, actions as train_actions
 from .dataset_summary import list_dataset_folders
 from .form import FIELDS, GROUPS, MAIN, METHOD_DREAMBOOTH, METHOD_FULL, METHOD_LORA, METHODS
 from ..backend.outputs import DEFAULT_PREFERRED_WEIGHT
-from .presets import find_preset, preset_choices
+from .presets import describe, find_preset, preset_choices
 from .runs import runs_table_html
 
 CHART_HTML = ("<div id='lora_studio_chart'><div class='lora-studio-chart-info'>Loss chart: no training yet.</div>"
@@ -113,7 +113,7 @@ def create_train_tab(default_preset_label: str) -> dict:
                                                          defaults["data.prior_loss_weight"])
             preset = gr.Dropdown(choices=preset_choices(), value=default_preset_label, label="Preset",
                                  elem_id="lora_studio_preset")
-            preset_info = gr.Markdown(find_preset(default_preset_label).description,
+            preset_info = gr.Markdown(describe(find_preset(default_preset_label)),
                                       elem_id="lora_studio_preset_info")
             for group in GROUPS:
                 if group == MAIN:

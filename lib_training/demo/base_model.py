@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import world
+from lib_training.demo import world
 from lib_training.models.adapter import EPSILON, ModelInfo
 from lib_training.models.diffusers_backend import DiffusersAdapter
 
@@ -113,7 +113,7 @@ class QualityAdapter(DiffusersAdapter):
 
 
 def load_base(check_hash: bool = True) -> QualityAdapter:
-    from fixtures_io import FIXTURES, load_fixture, sha256
+    from lib_training.demo.fixtures_io import FIXTURES, load_fixture, sha256
 
     tensors, meta = load_fixture(BASE_FILE)
     unet, text_encoder = build_modules()

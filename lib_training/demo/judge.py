@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import world
+from lib_training.demo import world
 
 JUDGE_FILE = "judge.safetensors"
 
@@ -130,7 +130,7 @@ def evaluate(judge: Judge, seed: int, n: int = 1000) -> dict:
 
 
 def load_judge() -> Judge:
-    from fixtures_io import load_fixture
+    from lib_training.demo.fixtures_io import load_fixture
 
     tensors, _ = load_fixture(JUDGE_FILE)
     judge = Judge()
