@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bad_inputs import IGNORED, LEFT_OUT, build_corpus
+from bad_inputs import IGNORED, LEFT_OUT, SUBSET, build_corpus
 from conftest import ROOT, small_config
 from lib_training.data.health import check_dataset
 from lib_training.data.importer import import_folder
@@ -148,7 +148,8 @@ def test_the_cli_trains_on_the_good_files_after_one_listing(corpus, tiny_checkpo
         assert output.count(str(path)) == 1, path  # listed once, together
     assert output.index("Pre-flight:") < output.index("Loading")  # before the checkpoint is loaded
     _, meta = load_lora(out / "messy.safetensors")
-    assert int(meta["ss_num_train_images"]) == len(corpus.expected_train_images)
+    repeats = int(SUBSET.split("_")[0])  # every good image sits in the one "<repeats>_sks cat" folder
+    assert int(meta["ss_num_train_images"]) == repeats * len(corpus.expected_train_images)  # kohya: × repeats
     record = json.loads((out / "lora_studio_runs" / "messy" / "preflight.json").read_text(encoding="utf-8"))
     assert {Path(item["path"]) for item in record["left_out"]} == corpus.expected_left_out
 
@@ -189,4 +190,5 @@ def test_the_webui_service_lists_what_it_left_out_and_trains(corpus, sd1_model, 
     assert {Path(item["path"]) for item in status.left_out} == corpus.expected_left_out
     assert any(m.startswith("Pre-flight: training on") for m in status.messages)
     _, meta = load_lora(Path(status.result))
-    assert int(meta["ss_num_train_images"]) == len(corpus.expected_train_images)
+    repeats = int(SUBSET.split("_")[0])  # every good image sits in the one "<repeats>_sks cat" folder
+    assert int(meta["ss_num_train_images"]) == repeats * len(corpus.expected_train_images)  # kohya: × repeats
