@@ -12,14 +12,13 @@ import json
 from pathlib import Path
 from typing import Callable, Mapping
 
-import safetensors.torch
 import torch
 
 from ..config import TrainConfig
 from ..errors import CheckpointError
-from ..fileio import atomic_write_bytes
 from ..lora.metadata import RunFacts, build_metadata
 from .adapter import ModelInfo
+from .safetensors_stream import write_safetensors
 from .single_file import CONFIG_METADATA_KEY
 
 # Keys of the LoRA metadata that describe a network, meaningless for a checkpoint.
@@ -50,7 +49,7 @@ def save_ldm_checkpoint(path: Path, model, dtype: torch.dtype, metadata: Mapping
     if configs:  # a non-standard size (tests, the toy world): our loader needs its shape
         meta[CONFIG_METADATA_KEY] = json.dumps(configs)
     try:
-        atomic_write_bytes(path, safetensors.torch.save(state, meta))
+        write_safetensors(path, state, meta)
     except OSError as error:
         raise CheckpointError(f"Could not write {path}: {error.strerror or error}. Free disk space or choose "
                               "another folder; no partial file was left.") from error
