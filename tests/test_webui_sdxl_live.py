@@ -9,7 +9,8 @@ metadata is not SDXL's). Then A1111 again with --medvram-sdxl: the run works the
 Skipped without WEBUI_DIR (README, "Testing against a real WebUI") or without an SDXL checkpoint:
 WEBUI_SDXL_CKPT, else models/Stable-diffusion/*sdxl*.safetensors. Make one (6.9 GB, ~8 GB of RAM):
     python tools/random_checkpoint.py --family sdxl --out $WEBUI_DIR/models/Stable-diffusion/random-sdxl.safetensors
-A1111 holds it in fp32 (--no-half): about 14 GB of RAM while the test runs, and each boot takes minutes.
+A1111 holds it in fp32 (--no-half): about 15 GB of RAM while the test runs (A1111's Lora in its
+"functional" mode, see `boot`), and each boot takes minutes; run nothing else heavy beside it.
 Numbers go to tests/artifacts/webui_sdxl_live.json.
 """
 
@@ -52,7 +53,13 @@ def boot(name: str, *extra_args: str):
     ARTIFACTS.mkdir(exist_ok=True)
     server = WebUI(root, ARTIFACTS / f"{name}.log", extra_args=extra_args, checkpoint=checkpoint)
     server.wait_ready(timeout=1200)
-    server.post("/sdapi/v1/options", {"lora_studio_sample_steps": 1})
+    # Live previews ("Approx NN") would download vaeapprox-sdxl.pt at the first SDXL image (A1111 ships
+    # only SD1's); nothing can be downloaded here, and previews do not change the images.
+    # lora_functional: A1111 applies the LoRA in forward instead of merging it into the weights; merging
+    # first copies every targeted weight (~6 GB in fp32 for an SDXL UNet LoRA), which with the 14 GB fp32
+    # model does not fit a 24 GB machine. The merge path is tested live on SD1.5 (test_webui_live).
+    server.post("/sdapi/v1/options", {"lora_studio_sample_steps": 1, "live_previews_enable": False,
+                                      "lora_functional": True})
     return server
 
 
@@ -90,7 +97,7 @@ def test_sdxl_lora_trains_in_the_webui_and_a1111_loads_it(webui, dataset):
     status = wait_for_run(webui, timeout=1800)
     try:
         assert status["state"] == "finished", (status["error"], status["messages"], status["losses"])
-        assert all(np.isfinite(status["losses"])), status["losses"]
+        assert np.isfinite(np.asarray(status["losses"], dtype=float)).all(), status["losses"]
         after = webui.txt2img(PROMPT, seed=1)
         assert np.array_equal(pixels(after), pixels(base)), "the loaded SDXL model changed"
 
