@@ -64,3 +64,12 @@ def test_full_finetune_writes_a_checkpoint_that_a1111_lists_switches_to_and_back
     finally:
         webui.post("/sdapi/v1/options", {"sd_model_checkpoint": original})
     assert np.array_equal(pixels(webui.txt2img("a photo of sks cat", seed=7)), pixels(base))
+
+
+@pytest.fixture(autouse=True)
+def _remove_outputs():
+    """The run's checkpoints would otherwise sort before random-sd15 and be the next boot's --ckpt."""
+    yield
+    for folder in ("Stable-diffusion", "Lora"):
+        for path in (Path(WEBUI_DIR) / "models" / folder).glob(NAME + "*"):
+            path.unlink()

@@ -49,14 +49,15 @@ def checkpoint_of(webui: Path) -> Path:
 
 
 class WebUI:
-    def __init__(self, webui: Path, log_path: Path, extra_args: tuple[str, ...] = ()):
+    def __init__(self, webui: Path, log_path: Path, extra_args: tuple[str, ...] = (),
+                 checkpoint: Path | None = None):
         self.dir = webui
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         python = os.environ.get("WEBUI_PYTHON") or str(webui / "venv" / "bin" / "python")
         args = [python, "launch.py", "--use-cpu", "all", "--no-half", "--skip-prepare-environment",
                 "--skip-torch-cuda-test", "--skip-version-check", "--no-download-sd-model", "--api",
-                "--port", str(self.port), "--ckpt", str(checkpoint_of(webui)),
+                "--port", str(self.port), "--ckpt", str(checkpoint or checkpoint_of(webui)),
                 "--api-auth", f"{AUTH[0]}:{AUTH[1]}", *extra_args]
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
         self.log_path = log_path

@@ -12,14 +12,13 @@ import json
 from pathlib import Path
 from typing import Callable, Mapping
 
-import safetensors.torch
 import torch
 
 from ..config import TrainConfig
 from ..errors import CheckpointError
-from ..fileio import atomic_write_bytes
 from ..lora.metadata import RunFacts, build_metadata
 from .adapter import ModelInfo
+from .safetensors_stream import write_safetensors
 from .single_file import CONFIG_METADATA_KEY
 
 # Keys of the LoRA metadata that describe a network, meaningless for a checkpoint.
@@ -40,17 +39,24 @@ def checkpoint_metadata(config: TrainConfig, model: ModelInfo, facts: RunFacts) 
 
 def save_ldm_checkpoint(path: Path, model, dtype: torch.dtype, metadata: Mapping[str, str],
                         value: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> Path:
-    """The model (`value` picks each weight's trained value) as `<path>`, floats in `dtype`, on the CPU."""
+    """The model (`value` picks each weight's trained value) as `<path>`, floats in `dtype`, on the CPU.
+
+    The diffusion schedule (ldm's top-level buffers: `alphas_cumprod`, `betas`, ...) stays fp32, as
+    A1111 keeps `alphas_cumprod` for a half model: rounded to fp16 it changes every image of the
+    model that loads the file — and of the user's own checkpoint after switching back to it, since
+    A1111 keeps buffers a file does not have (a random-weight or pruned file has no schedule).
+    """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: checkpoints are always written as .safetensors.")
-    state = {k: _for_file(v, dtype) for k, v in model.original_layout_state_dict(value).items()}
+    state = {k: _for_file(v, dtype if "." in k else torch.float32)
+             for k, v in model.original_layout_state_dict(value).items()}
     meta = {str(k): str(v) for k, v in metadata.items()}
     configs = getattr(model, "configs", None)
     if configs:  # a non-standard size (tests, the toy world): our loader needs its shape
         meta[CONFIG_METADATA_KEY] = json.dumps(configs)
     try:
-        atomic_write_bytes(path, safetensors.torch.save(state, meta))
+        write_safetensors(path, state, meta)
     except OSError as error:
         raise CheckpointError(f"Could not write {path}: {error.strerror or error}. Free disk space or choose "
                               "another folder; no partial file was left.") from error

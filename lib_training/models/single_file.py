@@ -10,16 +10,15 @@ import json
 from pathlib import Path
 
 import safetensors
-import safetensors.torch
 import torch
 
 from ..errors import CheckpointError
-from ..fileio import atomic_write_bytes
 from ..lora.hashes import file_sha256, webui_legacy_hash
 from . import sd_configs
 from .adapter import EPSILON, V_PREDICTION, ModelInfo
 from .clip_tokenizer import load_clip_tokenizer
 from .diffusers_backend import DiffusersAdapter
+from .safetensors_stream import write_safetensors
 from .ldm_convert import detect_family, diffusers_to_ldm, ldm_to_diffusers, load_converted
 from .sdxl_backend import SdxlAdapter
 from .sdxl_convert import diffusers_to_sdxl, sdxl_to_diffusers
@@ -128,7 +127,7 @@ def save_checkpoint(path: Path, unet, vae, text_encoder, family: str, configs: d
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
              for k, v in state.items()}
     metadata = {CONFIG_METADATA_KEY: json.dumps(configs)} if configs else {}
-    atomic_write_bytes(Path(path), safetensors.torch.save(state, metadata))
+    write_safetensors(Path(path), state, metadata)
     return Path(path)
 
 
@@ -140,5 +139,5 @@ def save_sdxl_checkpoint(path: Path, unet, vae, clip_l, big_g, configs: dict | N
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
              for k, v in state.items()}
     metadata = {CONFIG_METADATA_KEY: json.dumps(configs)} if configs else {}
-    atomic_write_bytes(Path(path), safetensors.torch.save(state, metadata))
+    write_safetensors(Path(path), state, metadata)
     return Path(path)

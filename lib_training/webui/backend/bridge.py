@@ -194,4 +194,14 @@ def a1111_loader_report(name: str) -> dict:
     tensors, _ = load_lora(on_disk.filename)
     in_file = {key.split(".", 1)[0] for key in tensors}
     loaded = networks.load_network(name, on_disk)
-    return {"name": name, "file": on_disk.filename, "file_modules": len(in_file), "matched_modules": len(loaded.modules)}
+    return {"name": name, "file": on_disk.filename, "file_modules": len(in_file), "matched_modules": len(loaded.modules),
+            "sd_version": on_disk.sd_version.name, "listed": _listed_in_lora_tab(name)}
+
+
+def _listed_in_lora_tab(name: str) -> bool | None:
+    """Whether txt2img's Lora tab shows the card with the loaded model: A1111 hides a LoRA whose
+    metadata names another model version (an SD1 LoRA while SDXL is loaded). None without the page."""
+    from modules import ui_extra_networks
+
+    page = next((p for p in ui_extra_networks.extra_pages if p.name == "lora"), None)
+    return None if page is None else page.create_item(name, enable_filter=True) is not None

@@ -178,6 +178,7 @@ def _make_samples(request: ev.SampleRequest, config: TrainConfig) -> None:
     size = config.data.resolution
     checkpoint = shared.sd_model.sd_checkpoint_info.title
     for index, prompt in enumerate(request.prompts):
+        forget_cached_conds(processing)  # conds cached by a clean generation would leave the text-encoder LoRA out
         p = processing.StableDiffusionProcessingTxt2Img(
             sd_model=shared.sd_model, prompt=prompt, negative_prompt="", seed=request.seed + index,
             steps=int(_opt(OPTION_SAMPLE_STEPS, 20)), cfg_scale=7.0, width=size, height=size,
@@ -189,6 +190,9 @@ def _make_samples(request: ev.SampleRequest, config: TrainConfig) -> None:
         except Exception as error:  # a failed sample (NaNs, a script's error) must not end the run
             service.note(f"Sample {index + 1} at step {request.step} failed: {error}")
             continue
+        finally:
+            p.close()
+            forget_cached_conds(processing)  # ... and ours would leak the LoRA into the next plain txt2img
         if not processed.images:
             continue
         image = processed.images[0]
@@ -197,6 +201,21 @@ def _make_samples(request: ev.SampleRequest, config: TrainConfig) -> None:
         atomic_write_bytes(path, _png_bytes(image))
         service.add_sample(request.step, path)
         shared.state.assign_current_image(image)
+
+
+def forget_cached_conds(processing) -> None:
+    """Drop A1111's cached prompt conditionings, as `p.close()` does without "Persistent cond cache".
+
+    A1111 keeps the last positive and negative conds across generations (the setting is on by
+    default), keyed on prompt, steps, size and the prompt's `<lora:…>` tags — not on hooks. A sample
+    made with the run's text-encoder LoRA attached would otherwise hand its conds (the empty
+    negative prompt's, at least) to the next plain txt2img of the same size: a "base" image that is
+    not the base model's. Emptied in place: a processing object holds the class's lists themselves.
+    """
+    for owner, names in ((processing.StableDiffusionProcessing, ("cached_c", "cached_uc")),
+                         (processing.StableDiffusionProcessingTxt2Img, ("cached_hr_c", "cached_hr_uc"))):
+        for name in names:
+            getattr(owner, name)[:] = [None, None]
 
 
 def _png_bytes(image) -> bytes:
