@@ -7,7 +7,7 @@ fails here with one clear message and nothing written.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import TrainConfig
@@ -15,6 +15,7 @@ from ..data.dataset import Sample, plan_samples
 from ..data.folders import DatasetSpec, scan_dataset, tag_frequency
 from ..errors import DatasetError, SettingsError
 from ..fileio import path_inside
+from .validation import validation_items
 
 
 @dataclass
@@ -27,6 +28,7 @@ class RunPlan:
     epochs: int
     output_dir: Path
     run_dir: Path
+    val_samples: list[Sample] = field(default_factory=list)  # held out for the validation loss
 
     def epoch_file(self, name: str, epoch: int) -> Path:
         return path_inside(self.output_dir, f"{name}-{epoch:06d}.safetensors")
@@ -53,20 +55,22 @@ class RunPlan:
 
 def make_plan(config: TrainConfig, resuming: bool = False) -> RunPlan:
     d, t = config.data, config.train
+    caption_extensions = (d.caption_extension,) + tuple(e for e in (".txt", ".caption") if e != d.caption_extension)
     dataset = scan_dataset(Path(d.train_dir), Path(d.reg_dir) if d.reg_dir else None,
-                           caption_extensions=(d.caption_extension,) + tuple(
-                               e for e in (".txt", ".caption") if e != d.caption_extension))
+                           caption_extensions=caption_extensions)
     if not dataset.train_items:
         raise DatasetError(f"{d.train_dir} has no training images (only class images). "
                            "Put training images in <repeats>_<name>/ subfolders.")
-    train_samples = plan_samples(dataset.train_items, d.resolution, d.bucketing, d.bucket_step)
+    train_items, val_items = validation_items(config, dataset.train_items, caption_extensions)
+    train_samples = plan_samples(train_items, d.resolution, d.bucketing, d.bucket_step)
+    val_samples = plan_samples(val_items, d.resolution, d.bucketing, d.bucket_step)
     reg_samples = plan_samples(dataset.reg_items, d.resolution, d.bucketing, d.bucket_step)
     batches, total_steps, epochs = count_steps(_bucket_sizes(train_samples), t.batch_size, t.grad_accumulation,
                                                t.epochs, t.max_steps)
     output_dir = Path(config.output.output_dir)
     run_dir = Path(config.output.runs_dir) if config.output.runs_dir else output_dir / "lora_studio_runs"
     plan = RunPlan(dataset, train_samples, reg_samples, batches, total_steps, epochs,
-                   output_dir, run_dir / config.output.name)
+                   output_dir, run_dir / config.output.name, val_samples)
     if not resuming:
         _refuse_overwrite(plan, config)
     return plan
