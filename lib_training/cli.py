@@ -51,6 +51,11 @@ FLAGS: dict[str, tuple[str, str, Callable, str]] = {
     "--optimizer": ("optimizer", "optimizer", str, f"one of {', '.join(OPTIMIZERS)}"),
     "--scheduler": ("optimizer", "scheduler", str, f"one of {', '.join(SCHEDULERS)}"),
     "--warmup-steps": ("optimizer", "warmup_steps", int, "linear learning-rate warmup steps"),
+    "--validation-split": ("validation", "split", float, "hold out this share of the training images for a "
+                           "validation loss (fixed noise and timesteps; e.g. 0.1; 0 = off)"),
+    "--validation-data": ("validation", "folder", str, "or: a folder of validation images, laid out as --data"),
+    "--validate-every-steps": ("validation", "every_steps", int, "also compute the validation loss every N steps "
+                               "(it always runs after each epoch when on)"),
 }
 SWITCHES: dict[str, tuple[str, str, bool, str]] = {
     "--unet-only": ("network", "train_text_encoder", False, "train the UNet only (no text-encoder LoRA)"),
@@ -212,6 +217,9 @@ def _train(config: TrainConfig, args: argparse.Namespace) -> int:
             print(f"  epoch file {extra}")
     if result.extracted_lora is not None:
         print(f"  extracted LoRA {result.extracted_lora}")
+    if result.validation:
+        step, loss = min(result.validation, key=lambda sv: sv[1])
+        print(f"  lowest validation loss {loss:.5f} at step {step} (log: validation.jsonl in the run folder)")
     return 0
 
 
@@ -235,6 +243,9 @@ class _Progress:
                 self.bar.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.lr:.2e}", epoch=event.epoch)
             else:
                 print(f"step {event.step}/{event.total_steps} loss {event.loss:.4f} eta {event.eta_s:.0f}s")
+        elif isinstance(event, ev.Validated):
+            (self.bar.write if self.bar is not None else print)(
+                f"validation loss at step {event.step} (epoch {event.epoch}): {event.loss:.5f}")
         elif isinstance(event, (ev.EpochSaved, ev.Message)):
             text = f"saved epoch {event.epoch}: {event.path}" if isinstance(event, ev.EpochSaved) else event.text
             (self.bar.write if self.bar is not None else print)(text)
