@@ -4,6 +4,7 @@ without changing what the run trains."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -133,3 +134,23 @@ def test_a_resumed_run_continues_the_same_validation_curve(sd1_model, photo_data
     resumed = train(small_config(photo_dataset, tmp_path / "split", **settings), sd1_model, resume=True)
     assert [s for s, _ in resumed.validation] == [0, 2, 4, 6, 8]
     assert [v for _, v in resumed.validation] == pytest.approx([v for _, v in full.validation], rel=1e-4)
+
+
+# ---- offered to Compare: the loss chart and the files' metadata -----------------------------------
+def test_compare_reads_the_validation_log_beside_the_loss_log(tmp_path):
+    import numpy as np
+
+    from lib_training.compare import curves
+
+    assert curves.VALIDATION_FILE == val.VALIDATION_LOG
+    run = tmp_path / "runs" / "v1"
+    run.mkdir(parents=True)
+    (run / curves.LOG_FILE).write_text("".join(json.dumps({"step": s, "loss": 0.3}) + "\n" for s in range(1, 11)))
+    lines = [{"step": 0, "epoch": 0, "val_loss": 0.5}, {"step": 5, "epoch": 1, "val_loss": 0.2},
+             {"step": 10, "epoch": 2, "val_loss": 0.25}]
+    (run / curves.VALIDATION_FILE).write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 11, "va')
+    series = curves.read_loss_log(run)
+    assert series.validation == ((0, 0.5), (5, 0.2), (10, 0.25)) and series.lowest_validation == (5, 0.2)
+    with_val = np.asarray(curves.draw_loss_chart([series], size=(640, 400)))
+    without = np.asarray(curves.draw_loss_chart([dataclasses.replace(series, validation=())], size=(640, 400)))
+    assert (with_val != without).any()  # the validation line and its dots are drawn
