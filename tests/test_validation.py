@@ -154,3 +154,26 @@ def test_compare_reads_the_validation_log_beside_the_loss_log(tmp_path):
     with_val = np.asarray(curves.draw_loss_chart([series], size=(640, 400)))
     without = np.asarray(curves.draw_loss_chart([dataclasses.replace(series, validation=())], size=(640, 400)))
     assert (with_val != without).any()  # the validation line and its dots are drawn
+
+
+def test_the_train_tabs_status_carries_the_validation_loss_for_its_chart(photo_dataset, tmp_path):
+    import threading
+    from types import SimpleNamespace
+
+    from lib_training.webui.backend.service import FINISHED, TrainingService
+
+    def runner(config, on_event, cancel, resume=False):
+        on_event(ev.Started(total_steps=2, steps_per_epoch=1, epochs=2, num_train_images=2, num_reg_images=0))
+        on_event(ev.Validated(0, 0, 0.5))
+        for step in (1, 2):
+            on_event(ev.StepDone(step, 2, step, 0.3, 1e-4, step, 2 - step))
+            on_event(ev.Validated(step, step, 0.5 - 0.1 * step))
+        final = tmp_path / "out" / "test_lora.safetensors"
+        on_event(ev.Finished(final, 2, 1.0, 0.3, files=(final,)))
+        return SimpleNamespace(path=final)
+
+    service = TrainingService(runner=runner, lock=threading.Lock())
+    status = service.run(small_config(photo_dataset, tmp_path / "out"))
+    assert status.state == FINISHED
+    assert status.val_losses == [[0, 0.5], [1, 0.4], [2, pytest.approx(0.3)]]
+    assert status.to_dict()["val_losses"][0] == [0, 0.5]
