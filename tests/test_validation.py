@@ -177,3 +177,21 @@ def test_the_train_tabs_status_carries_the_validation_loss_for_its_chart(photo_d
     assert status.state == FINISHED
     assert status.val_losses == [[0, 0.5], [1, 0.4], [2, pytest.approx(0.3)]]
     assert status.to_dict()["val_losses"][0] == [0, 0.5]
+
+
+def test_compare_offers_the_files_validation_loss(sd1_model, photo_dataset, tmp_path):
+    from lib_training.compare.grid import LoraFile
+    from lib_training.compare.validation_signal import VALIDATION_LOSS_KEY as COMPARE_KEY
+    from lib_training.compare.validation_signal import validation_losses, validation_note
+
+    assert COMPARE_KEY == VALIDATION_LOSS_KEY
+    result = train(small_config(photo_dataset, tmp_path / "o", train__max_steps=8, validation__folder=str(photo_dataset)),
+                   sd1_model)
+    plain = train(small_config(photo_dataset, tmp_path / "p", train__max_steps=1), sd1_model)
+    files = [LoraFile(p) for p in result.files] + [LoraFile(plain.path)]
+    losses = validation_losses(files)
+    by_step = dict(result.validation)
+    assert [round(v, 4) for v in losses.values()] == [round(by_step[4], 4), round(by_step[8], 4)]
+    best = min(losses, key=losses.get)
+    assert best.display in validation_note(files) and "2 file(s)" in validation_note(files)
+    assert validation_note([LoraFile(plain.path)]) == ""

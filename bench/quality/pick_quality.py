@@ -210,14 +210,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-drift", type=float, default=Bounds.max_drift, help="recommend's drift bound")
     p.add_argument("--min-diversity", type=float, default=Bounds.min_diversity, help="recommend's diversity bound")
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--load", type=Path, help="re-pick from a pick-<time>.json (no training; other bounds)")
+    p.add_argument("--load", type=Path, nargs="+",
+                   help="re-pick from pick-<time>.json or pick-run-*.json files (no training; other bounds)")
     p.add_argument("--out", type=Path, default=HERE / "results")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     bounds = Bounds(max_drift=args.max_drift, min_diversity=args.min_diversity)
     started = time.monotonic()
     if args.load:
-        runs = json.loads(args.load.read_text())["runs"]
+        runs = [r for path in args.load for r in _runs_in(json.loads(path.read_text()))]
     else:
         runs = collect(args)
     table, totals = pick_table(runs, bounds)
@@ -234,7 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _runs_in(data: dict) -> list[dict]:
+    return data["runs"] if "runs" in data else [data]
+
+
 def collect(args: argparse.Namespace) -> list[dict]:
+    """Every job's result; each is also written to results/pick-run-<method>-<seed>.json as it comes in, so
+    that a run cut short still leaves what it finished (re-pick them with --load)."""
     concept = CONCEPTS[args.concept]
     model = load_base()
     with tempfile.TemporaryDirectory(prefix="quality-pick-") as tmp:
@@ -245,8 +252,13 @@ def collect(args: argparse.Namespace) -> list[dict]:
         jobs = [Job(method(name, **steps), concept, datasets.get(work, model, method(name), concept), val_dir,
                     work / f"out-{name}-{seed}", seed, args.every, tuple(args.weights), args.samples,
                     args.per_seen_prompt) for name in args.methods for seed in args.seeds]
+        args.out.mkdir(parents=True, exist_ok=True)
+        runs = []
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return list(pool.map(run_job, jobs))
+            for run in pool.map(run_job, jobs):
+                (args.out / f"pick-run-{run['method']}-{run['seed']}.json").write_text(json.dumps(run), encoding="utf-8")
+                runs.append(run)
+        return runs
 
 
 if __name__ == "__main__":
