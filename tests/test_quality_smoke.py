@@ -1,8 +1,10 @@
 """Smoke version of the quality benchmark (bench/quality): LoRAs trained through the engine on the
 pixel-space toy model, with the benchmark's default methods (at half the steps and twice the learning rate),
-must teach the instance concept ("a sks circle" = a blue outlined circle; the base draws circles, always
-solid), and DreamBooth's class images must keep "a circle" from turning hollow. (The star, the benchmark's
-harder concept, is in bench/quality/run_quality.py only: the smoke test keeps to two runs.)
+must teach the held-out concept ("a sks shape" = blue star), and DreamBooth's class images must keep
+"a shape" from turning into stars. The instance concept ("a sks circle" = a blue outlined circle) is checked
+where it is cheap: the base never draws it, and "a circle" stays solid. Its *learning* is not asserted here:
+with the preset it is weak and seed-dependent (fidelity 0.06-0.19 at 200-300 steps, bench/quality/README.md),
+so a threshold would either be flaky or assert nothing.
 
 Uses the committed fixtures (judge + base model, hash-checked); skipped when they are missing.
 The full benchmark: python bench/quality/run_quality.py (bench/quality/README.md).
@@ -36,7 +38,7 @@ def test_lora_teaches_the_concept_and_class_images_keep_the_class(tmp_path):
     from lib_training.demo.base_model import load_base
     from metrics import EvalSizes
 
-    concept = CONCEPTS[DEFAULT_CONCEPT]
+    concept, instance = CONCEPTS["star"], CONCEPTS[DEFAULT_CONCEPT]
     model = load_base()  # draws the class images, on all cores: nothing else runs yet
     sizes = EvalSizes(per_seen_prompt=0, concept=24, leakage=24)
     lines = []
@@ -47,13 +49,17 @@ def test_lora_teaches_the_concept_and_class_images_keep_the_class(tmp_path):
         dataset = teach.write_dataset(tmp_path / name, model, concept, m.class_images,
                                       class_per_image=m.class_per_image)
         lines.append(teach.Line(m, concept, dataset, tmp_path / f"out-{name}", 0, (m.steps,), sizes, None))
-    results, (base,) = teach.run_lines_and_base(lines, jobs=2, base_sizes=sizes, concepts=[concept])
+    results, (base, instance_base) = teach.run_lines_and_base(lines, jobs=2, base_sizes=sizes,
+                                                              concepts=[concept, instance])
     (plain,), (prior,) = [[s for _, s in line_results] for line_results in results]
 
     print(f"(fidelity, leakage): base ({base.fidelity:.2f}, {base.leakage:.2f}), lora_te ({plain.fidelity:.2f}, "
           f"{plain.leakage:.2f}), {methods.DEFAULT_METHOD} ({prior.fidelity:.2f}, {prior.leakage:.2f})")
     assert base.fidelity <= 0.1 and base.leakage <= 0.1, base
-    # Measured (a1111 env): fidelity 0.29 / 0.33–0.38, leakage 0.58 / 0.08; the base draws no blue star in 24.
+    # The instance concept's premise: the base draws circles, never the blue outlined one (measured 0 / 0.03 in 32).
+    assert instance_base.fidelity <= 0.1 and instance_base.leakage <= 0.1, instance_base
+    # Measured (a1111 env, the judge before it read fills): fidelity 0.29 / 0.33–0.38, leakage 0.58 / 0.08; the base
+    # draws no blue star in 24.
     assert plain.fidelity >= base.fidelity + 0.15, plain
     assert prior.fidelity >= base.fidelity + 0.15, prior
     assert prior.leakage <= plain.leakage - 0.15, (plain, prior)
