@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = collect(args)
     table, totals = pick_table(runs, bounds)
     total = time.monotonic() - started
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()} | \
+    settings = {k: json.loads(json.dumps(v, default=str)) for k, v in vars(args).items()} | \
         {"total_seconds": round(total), "bounds": asdict(bounds)}
     md = f"{table}\n\n{json.dumps(totals)}\n\n{json.dumps(settings)}\n"
     print(md)
