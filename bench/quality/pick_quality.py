@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = collect(args)
     table, totals = pick_table(runs, bounds)
     total = time.monotonic() - started
-    settings = {k: json.loads(json.dumps(v, default=str)) for k, v in vars(args).items()} | \
+    given = {"load": args.load} if args.load else vars(args)  # re-picked: the runs' own settings are in their files
+    settings = {k: json.loads(json.dumps(v, default=str)) for k, v in given.items()} | \
         {"total_seconds": round(total), "bounds": asdict(bounds)}
     md = f"{table}\n\n{json.dumps(totals)}\n\n{json.dumps(settings)}\n"
     print(md)
