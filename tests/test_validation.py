@@ -195,3 +195,18 @@ def test_compare_offers_the_files_validation_loss(sd1_model, photo_dataset, tmp_
     best = min(losses, key=losses.get)
     assert best.display in validation_note(files) and "2 file(s)" in validation_note(files)
     assert validation_note([LoraFile(plain.path)]) == ""
+
+
+def test_the_tab_and_the_api_carry_the_validation_settings(photo_dataset, tmp_path):
+    from lib_training.config import tomllib
+    from lib_training.webui.train import form
+
+    values = form.default_values()
+    values.update({"data.train_dir": str(photo_dataset), "validation.split": 0.25, "validation.every_steps": 10})
+    config = form.config_from_values(values)
+    assert (config.validation.split, config.validation.every_steps) == (0.25, 10)
+    exported = tomllib.loads(form.export_toml(config))
+    assert exported["validation"]["split"] == 0.25
+    request = form.config_from_request({"validation": {"split": 0.2, "every_steps": 7}},
+                                       tmp_path / "Lora", tmp_path / "runs")
+    assert (request.config.validation.split, request.config.validation.every_steps) == (0.2, 7)
