@@ -139,12 +139,13 @@ var loraStudioChart = (function() {
         if (!element) return;
         refreshRunsWhenChanged(status);
         element.querySelector('.lora-studio-chart-info').textContent = describe(status);
-        drawLoss(element.querySelector('canvas'), status.losses || [], status.total_steps || 0);
+        drawLoss(element.querySelector('canvas'), status.losses || [], status.total_steps || 0, status.val_losses || []);
         showSamples(status);
     }
 
-    // Raw loss (faint) and its exponential moving average (bold), step on x, loss on y.
-    function drawLoss(canvas, losses, totalSteps) {
+    // Raw loss (faint) and its exponential moving average (bold), step on x, loss on y; the validation loss
+    // (held-out images, fixed noise: comparable between epochs) in orange with a dot per evaluation.
+    function drawLoss(canvas, losses, totalSteps, valLosses) {
         if (!canvas) return;
         var ctx = canvas.getContext('2d');
         var width = canvas.width, height = canvas.height, pad = 36;
@@ -159,7 +160,8 @@ var loraStudioChart = (function() {
         if (losses.length === 0) return;
         var maxStep = Math.max(totalSteps, losses[losses.length - 1][0], 1);
         var values = losses.map(function(p) { return p[1]; });
-        var low = Math.min.apply(null, values), high = Math.max.apply(null, values);
+        var all = values.concat(valLosses.map(function(p) { return p[1]; }));
+        var low = Math.min.apply(null, all), high = Math.max.apply(null, all);
         if (high - low < 1e-9) {
             var margin = Math.max(Math.abs(high) * 0.1, 1e-3);
             high += margin;
@@ -179,6 +181,14 @@ var loraStudioChart = (function() {
             ema.push([p[0], smooth]);
         });
         line(ctx, ema, x, y, 1, 2);
+        if (valLosses.length) {
+            ctx.save();
+            ctx.strokeStyle = ctx.fillStyle = '#e8710a';
+            line(ctx, valLosses, x, y, 1, 2);
+            dots(ctx, valLosses, x, y, 3);
+            ctx.fillText('validation', width - 70, 20);
+            ctx.restore();
+        }
     }
 
     function line(ctx, points, x, y, alpha, widthPx) {

@@ -58,6 +58,11 @@ FLAGS: dict[str, tuple[str, str, Callable, str]] = {
     "--optimizer": ("optimizer", "optimizer", str, f"one of {', '.join(OPTIMIZERS)}"),
     "--scheduler": ("optimizer", "scheduler", str, f"one of {', '.join(SCHEDULERS)}"),
     "--warmup-steps": ("optimizer", "warmup_steps", int, "linear learning-rate warmup steps"),
+    "--validation-split": ("validation", "split", float, "hold out this share of the training images for a "
+                           "validation loss (fixed noise and timesteps; e.g. 0.1; 0 = off)"),
+    "--validation-data": ("validation", "folder", str, "or: a folder of validation images, laid out as --data"),
+    "--validate-every-steps": ("validation", "every_steps", int, "also compute the validation loss every N steps "
+                               "(it always runs after each epoch when on)"),
 }
 SWITCHES: dict[str, tuple[str, str, bool, str]] = {
     "--unet-only": ("network", "train_text_encoder", False, "train the UNet only (no text-encoder LoRA)"),
@@ -264,6 +269,9 @@ def _train(config: TrainConfig, args: argparse.Namespace) -> int:
             print(f"  epoch file {extra}")
     if result.extracted_lora is not None:
         print(f"  extracted LoRA {result.extracted_lora}")
+    if result.validation:
+        step, loss = min(result.validation, key=lambda sv: sv[1])
+        print(f"  lowest validation loss {loss:.5f} at step {step} (log: validation.jsonl in the run folder)")
     return 0
 
 

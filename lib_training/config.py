@@ -99,6 +99,21 @@ class TrainSettings:
 
 
 @dataclass
+class ValidationSettings:
+    """A validation loss: the loss on held-out images at fixed noise and timesteps (train/validation.py)."""
+
+    split: float = 0.0  # share of the training images held out (0 = none); at least 1 image, never all
+    folder: str = ""  # or your own validation images, laid out as data.train_dir; used instead of `split`
+    every_epochs: int = 1  # when on: after every N epochs (0 = not by epoch)
+    every_steps: int = 0  # also every N optimizer steps (0 = not by step)
+    timesteps: int = 4  # fixed timesteps per image, spread evenly over the noise schedule
+
+    @property
+    def enabled(self) -> bool:
+        return self.split > 0 or bool(self.folder)
+
+
+@dataclass
 class OutputSettings:
     output_dir: str = "output"
     name: str = "my_lora"
@@ -118,6 +133,7 @@ class TrainConfig:
     optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
+    validation: ValidationSettings = field(default_factory=ValidationSettings)
 
     def validate(self, need_checkpoint: bool = False) -> "TrainConfig":
         """Raise SettingsError naming the first bad value and what to use instead."""
@@ -263,6 +279,18 @@ def _validate(c: TrainConfig, need_checkpoint: bool) -> None:
         _require(Path(m.checkpoint).is_file(), f"The checkpoint {m.checkpoint} does not exist. Check the path.")
     _one_of(c.output.save_dtype, SAVE_DTYPES, "output.save_dtype")
     c.output.name = validate_output_name(c.output.name)
+    _validate_validation(c.validation)
+
+
+def _validate_validation(v: ValidationSettings) -> None:
+    _require(0 <= v.split < 1, f"validation.split is {v.split}; use a share between 0 (off) and 1, e.g. 0.1.")
+    _require(not v.folder or Path(v.folder).is_dir(),
+             f"The validation folder {v.folder} does not exist. Check the path or leave it empty.")
+    _require(v.every_epochs >= 0 and v.every_steps >= 0,
+             "validation.every_epochs and validation.every_steps cannot be negative (0 = off).")
+    _require(not v.enabled or v.every_epochs > 0 or v.every_steps > 0,
+             "A validation loss is asked for but never computed: set validation.every_epochs or validation.every_steps.")
+    _require(v.timesteps >= 1, f"validation.timesteps is {v.timesteps}; use at least 1 (typical: 4).")
 
 
 def dumps_toml(data: dict[str, dict[str, Any]]) -> str:

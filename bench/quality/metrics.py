@@ -11,13 +11,9 @@ import torch
 from lib_training.demo import world
 from lib_training.demo.base_model import CFG, QualityAdapter, sample
 from lib_training.demo.judge import Judge, read
+from concepts import Concept
 from lib_training.lora.network import LoraNetwork, NetworkShape
 from methods import Method
-
-CONCEPT_SHAPE, CONCEPT_COLOUR = "star", "blue"
-TRIGGER, CLASS_WORD = "sks", "shape"
-CONCEPT_PROMPT = f"a {TRIGGER} {CLASS_WORD}"
-CLASS_PROMPT = f"a {CLASS_WORD}"
 
 
 def seen_prompts() -> list[tuple[str, str, str]]:
@@ -27,7 +23,7 @@ def seen_prompts() -> list[tuple[str, str, str]]:
 
 @dataclass
 class SeenAccuracy:
-    both: float  # shape and colour right
+    both: float  # shape and colour right, drawn solid (as the base always draws)
     shape: float
     colour: float
     n: int
@@ -41,24 +37,24 @@ def seen_accuracy(model: QualityAdapter, judge: Judge, per_prompt: int = 8, seed
     r = read(judge, images)
     shape_ok = np.array([a == s for a, (_, s, _) in zip(r.shape, items)])
     colour_ok = np.array([a == c for a, (_, _, c) in zip(r.colour, items)])
-    return SeenAccuracy(float((shape_ok & colour_ok).mean()), float(shape_ok.mean()), float(colour_ok.mean()),
+    solid = np.array([f == "solid" for f in r.fill])
+    return SeenAccuracy(float((shape_ok & colour_ok & solid).mean()), float(shape_ok.mean()), float(colour_ok.mean()),
                         len(items)), images
 
 
-def fraction(model: QualityAdapter, judge: Judge, prompt: str, n: int, seed: int, shape: str,
-             colour: str | None = None, steps: int = 20, cfg: float = CFG) -> tuple[float, torch.Tensor]:
-    """Share of `n` samples of `prompt` the judge reads as `shape` (and `colour`, when given)."""
+def fraction(model: QualityAdapter, judge: Judge, prompt: str, n: int, seed: int, check,
+             steps: int = 20, cfg: float = CFG) -> tuple[float, torch.Tensor]:
+    """Share of `n` samples of `prompt` for which `check(reading, index)` holds (a Concept's is_concept / is_leak)."""
     images = sample(model, [prompt] * n, seed, steps, cfg)
     r = read(judge, images)
-    ok = [s == shape and (colour is None or c == colour) for s, c in zip(r.shape, r.colour)]
-    return float(np.mean(ok)), images
+    return float(np.mean([check(r, i) for i in range(n)])), images
 
 
 @dataclass
 class Scores:
-    fidelity: float  # 'a sks shape' read as a blue star
-    seen_accuracy: float  # 'a <colour> <seen shape>' right in shape and colour
-    leakage: float  # 'a shape' read as a star
+    fidelity: float  # the concept's prompt read as the concept (all of shape, colour, fill)
+    seen_accuracy: float  # 'a <colour> <seen shape>' right in shape and colour, solid
+    leakage: float  # the class prompt read with the concept's mark (hollow / a star)
     pixel_change: float  # mean |diff| of same-seed seen-prompt images vs the base, in [0, 1] units
     train_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
@@ -72,15 +68,14 @@ class EvalSizes:
     steps: int = 20
 
 
-def score(model: QualityAdapter, judge: Judge, sizes: EvalSizes, base_seen: torch.Tensor | None,
+def score(model: QualityAdapter, judge: Judge, sizes: EvalSizes, base_seen: torch.Tensor | None, concept: Concept,
           seed: int = 1) -> tuple[Scores, torch.Tensor | None]:
     if sizes.per_seen_prompt:
         acc, seen_images = seen_accuracy(model, judge, sizes.per_seen_prompt, seed, sizes.steps)
     else:
         acc, seen_images = SeenAccuracy(0.0, 0.0, 0.0, 0), None
-    fid, _ = fraction(model, judge, CONCEPT_PROMPT, sizes.concept, seed + 1, CONCEPT_SHAPE, CONCEPT_COLOUR,
-                      sizes.steps)
-    leak, _ = fraction(model, judge, CLASS_PROMPT, sizes.leakage, seed + 2, CONCEPT_SHAPE, None, sizes.steps)
+    fid, _ = fraction(model, judge, concept.prompt, sizes.concept, seed + 1, concept.is_concept, sizes.steps)
+    leak, _ = fraction(model, judge, concept.class_prompt, sizes.leakage, seed + 2, concept.is_leak, sizes.steps)
     change = float((seen_images - base_seen).abs().mean() / 2) if seen_images is not None and base_seen is not None \
         else 0.0
     return Scores(fid, acc.both, leak, change), seen_images
@@ -95,9 +90,9 @@ def lora_network(model: QualityAdapter, tensors: dict[str, torch.Tensor], m: Met
 
 
 def score_network(model: QualityAdapter, judge: Judge, network: LoraNetwork, sizes: EvalSizes,
-                  base_seen: torch.Tensor | None) -> Scores:
+                  base_seen: torch.Tensor | None, concept: Concept) -> Scores:
     with network.merged():  # sampling: merged weights are a third faster than hooks
-        scores, _ = score(model, judge, sizes, base_seen)
+        scores, _ = score(model, judge, sizes, base_seen, concept)
     return scores
 
 
@@ -117,13 +112,13 @@ def without_part(tensors: dict[str, torch.Tensor], part: str) -> dict[str, torch
 
 
 def score_parts(model: QualityAdapter, judge: Judge, network: LoraNetwork, tensors: dict[str, torch.Tensor],
-                sizes: EvalSizes, base_seen: torch.Tensor | None) -> dict[str, dict]:
+                sizes: EvalSizes, base_seen: torch.Tensor | None, concept: Concept) -> dict[str, dict]:
     """Scores of the file (`tensors`, loaded in `network`) with each part it has switched off in turn:
     {"without <part>": scores}. Leaves `network` holding the last of them."""
     out = {}
     for part, chosen in PARTS.items():
         if any(chosen(k) for k in tensors):
             network.load_kohya_state_dict(without_part(tensors, part))
-            s = score_network(model, judge, network, sizes, base_seen)
+            s = score_network(model, judge, network, sizes, base_seen, concept)
             out[f"without {part}"] = {"fidelity": s.fidelity, "seen_accuracy": s.seen_accuracy, "leakage": s.leakage}
     return out

@@ -1,7 +1,7 @@
-"""Teach the held-out concept with each method through the engine and report quality numbers.
+"""Teach each concept with each method through the engine and report quality numbers.
 
-    python bench/quality/run_quality.py                       # all methods, seeds 0 1 2
-    python bench/quality/run_quality.py --methods lora_te --seeds 0 --steps 300 --lr 1e-3
+    python bench/quality/run_quality.py                       # both concepts, all methods, seeds 0 1 2
+    python bench/quality/run_quality.py --concepts instance --methods lora_te --seeds 0 --steps 300 --lr 1e-3
 
 Needs the fixtures (python bench/quality/build_fixtures.py). Writes a Markdown table and JSON to
 bench/quality/results/quality-<time>.{md,json}.
@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from lib_training.demo.base_model import load_base  # noqa: E402
 from lib_training.demo.judge import load_judge  # noqa: E402
+from concepts import CONCEPTS  # noqa: E402
 from methods import METHODS, method, scaled_alphas  # noqa: E402
 from metrics import EvalSizes, Scores, score  # noqa: E402
 from teach import Datasets, Line, run_lines  # noqa: E402
@@ -80,6 +81,7 @@ def setting_overrides(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--concepts", nargs="+", default=list(CONCEPTS), choices=CONCEPTS)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int)
@@ -104,25 +106,26 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         datasets = Datasets()
         lines: list[Line] = []
-        base_scores, base_seen = score(model, judge, sizes, None)
-        rows["base (no LoRA)"] = [base_scores]
-        log(f"base: {asdict(base_scores)}")
-        for name in args.methods:
-            base = METHODS[name]
-            lrs = {} if args.lr is None else {"unet_lr": args.lr,  # the text encoder's keeps the method's ratio
-                                              "text_encoder_lr": args.lr * base.text_encoder_lr / base.unet_lr}
-            m = method(name, **overrides, **scaled_alphas(base, overrides), **lrs)
-            used[name] = asdict(m)
-            dataset = datasets.get(work, model, m)
-            lines += [Line(m, dataset, work / f"out-{len(lines) + i}", seed, (m.steps,), sizes,
-                           base_seen, args.ablate) for i, seed in enumerate(args.seeds)]
+        for concept in (CONCEPTS[c] for c in args.concepts):
+            base_scores, base_seen = score(model, judge, sizes, None, concept)
+            rows[f"{concept.name}: base (no LoRA)"] = [base_scores]
+            log(f"{concept.name} base: {asdict(base_scores)}")
+            for name in args.methods:
+                base = METHODS[name]
+                lrs = {} if args.lr is None else {"unet_lr": args.lr,  # the text encoder's keeps the method's ratio
+                                                  "text_encoder_lr": args.lr * base.text_encoder_lr / base.unet_lr}
+                m = method(name, **overrides, **scaled_alphas(base, overrides), **lrs)
+                used[name] = asdict(m)
+                dataset = datasets.get(work, model, m, concept)
+                lines += [Line(m, concept, dataset, work / f"out-{len(lines) + i}", seed, (m.steps,), sizes,
+                               base_seen, args.ablate) for i, seed in enumerate(args.seeds)]
         for line, results in zip(lines, run_lines(lines, args.jobs)):
             for _, s in results:
-                rows.setdefault(line.method.name, []).append(s)
-                log(f"{line.method.name} seed {line.seed}: {asdict(s)}")
+                rows.setdefault(f"{line.concept.name}: {line.method.name}", []).append(s)
+                log(f"{line.concept.name} {line.method.name} seed {line.seed}: {asdict(s)}")
     total = time.monotonic() - started
     md = table(rows) + ablation_table(rows)
-    settings = {"overrides": overrides, "seeds": args.seeds, "sizes": asdict(sizes), "total_seconds": round(total),
+    settings = {"overrides": overrides, "seeds": args.seeds, "concepts": args.concepts, "sizes": asdict(sizes), "total_seconds": round(total),
                 "methods": used}
     print(md)
     print(f"total {total:.0f}s; settings {json.dumps(settings)}")

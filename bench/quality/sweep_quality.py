@@ -28,6 +28,7 @@ from lib_training.demo.base_model import load_base  # noqa: E402
 from lib_training.demo.judge import load_judge  # noqa: E402
 from plot import Point, fidelity_vs_drift  # noqa: E402
 from run_quality import add_setting_args, log, setting_overrides  # noqa: E402
+from concepts import CONCEPTS, DEFAULT_CONCEPT  # noqa: E402
 from methods import METHODS, Method, method, scaled_alphas  # noqa: E402
 from metrics import EvalSizes, score  # noqa: E402
 from teach import Datasets, Line, run_lines  # noqa: E402
@@ -52,6 +53,7 @@ def line_method(name: str, lr: float, te_lr_ratio: float | None, steps: int, fix
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--concept", default=DEFAULT_CONCEPT, choices=CONCEPTS)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--lrs", nargs="+", type=float, default=[5e-4, 1e-3, 2e-3, 4e-3], help="UNet learning rates")
     p.add_argument("--steps", nargs="+", type=int, default=[100, 200, 400])
@@ -72,10 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     steps = tuple(sorted(set(args.steps)))
     sizes = EvalSizes(args.per_seen_prompt, args.samples, args.samples)
     model, judge = load_base(), load_judge()
+    concept = CONCEPTS[args.concept]
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="quality-sweep-") as tmp:
         work = Path(tmp)
-        base_scores, base_seen = score(model, judge, sizes, None)
+        base_scores, base_seen = score(model, judge, sizes, None, concept)
         log(f"base: {asdict(base_scores)}")
         datasets = Datasets()
         lines: list[Line] = []
@@ -87,15 +90,15 @@ def main(argv: list[str] | None = None) -> int:
                     label = " ".join(x for x in (f"lr {lr:g}" if len(args.lrs) > 1 or not args.vary else "",
                                                  change or ("as set" if args.vary else "")) if x)
                     labels.append(label)
-                    lines.append(Line(m, datasets.get(work, model, m), work / f"out-{len(lines)}", args.seed, steps, sizes,
-                                      base_seen))
+                    lines.append(Line(m, concept, datasets.get(work, model, m, concept), work / f"out-{len(lines)}",
+                                      args.seed, steps, sizes, base_seen))
         points = [Point(line.method.name, label, line.method.unet_lr, step, s.fidelity, s.seen_accuracy, s.leakage,
                         s.pixel_change)
                   for line, label, results in zip(lines, labels, run_lines(lines, args.jobs)) for step, s in results]
     total = time.monotonic() - started
     stamp = time.strftime("%Y%m%d-%H%M%S")
     args.out.mkdir(parents=True, exist_ok=True)
-    settings = {"fixed": fixed, "te_lr_ratio": args.te_lr_ratio, "seed": args.seed, "sizes": asdict(sizes),
+    settings = {"concept": concept.name, "fixed": fixed, "te_lr_ratio": args.te_lr_ratio, "seed": args.seed, "sizes": asdict(sizes),
                 "total_seconds": round(total), "lines": {label: asdict(line.method) for line, label in zip(lines, labels)}}
     rows = ["| method | line | UNet lr | steps | fidelity | seen acc. | leakage | pixel Δ |",
             "|---|---|---|---|---|---|---|---|"]
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"sweep-{stamp}.json").write_text(json.dumps(
         {"settings": settings, "base": asdict(base_scores), "points": [asdict(q) for q in points]}, indent=2),
         encoding="utf-8")
-    title = f"Teaching 'a sks shape' = blue star, seed {args.seed}, constant lr"
+    title = f"Teaching '{concept.prompt}' = {concept.colour} {concept.fill} {concept.shape}, seed {args.seed}, constant lr"
     if args.te_lr_ratio is not None:
         title += f", TE lr = {args.te_lr_ratio:g} x UNet lr"
     title += f"; {json.dumps(fixed)}" if fixed else ""

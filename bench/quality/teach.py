@@ -1,8 +1,9 @@
-"""Teach the held-out concept ("a sks shape" = blue star) through the engine's own `train()`, then score it.
+"""Teach a concept (`concepts.py`: the instance "a sks circle" or the star "a sks shape") through the engine's own
+`train()`, then score it.
 
-The dataset is a kohya project folder as the Dataset tab makes it (`img/1_sks shape/`, 64x64 PNGs: the
+The dataset is a kohya project folder as the Dataset tab makes it (`img/1_sks circle/`, 64x64 PNGs: the
 32x32 world upscaled 2x nearest, which the adapter's 2x box "VAE" turns back into the exact world pixels;
-class images in `reg/1_shape/`, made by the Dataset tab's own class-image code with the base model as the
+class images in `reg/1_circle/`, made by the Dataset tab's own class-image code with the base model as the
 generator), so the run takes the same code path as the CLI and the WebUI: folder scan, latent cache,
 LoRA attach, optimizer, prior-preservation loss, saving. The methods are in `methods.py`, the scores in
 `metrics.py`; runs go to worker processes (`run_lines`).
@@ -30,9 +31,9 @@ from lib_training.data.importer import REG_DIRNAME, TRAIN_DIRNAME
 from lib_training.lora.io import load_lora
 from lib_training.train.loop import train
 from lib_training.webui.dataset.class_images import ClassImageSettings, GenerationRequest, generate_class_images
+from concepts import TRIGGER, Concept
 from methods import Method
-from metrics import (CLASS_WORD, CONCEPT_COLOUR, CONCEPT_PROMPT, CONCEPT_SHAPE, TRIGGER, EvalSizes, Scores,
-                     lora_network, score, score_network, score_parts)
+from metrics import EvalSizes, Scores, lora_network, score, score_network, score_parts
 
 CONCEPT_IMAGES = 8
 
@@ -42,23 +43,23 @@ def _png(pixels: np.ndarray) -> Image.Image:
     return Image.fromarray(pixels).resize((world.SIZE * 2, world.SIZE * 2), Image.NEAREST)
 
 
-def concept_caption(scene: world.Scene, index: int) -> str:
+def concept_caption(concept: Concept, scene: world.Scene, index: int) -> str:
     """Half the captions name the background, as a user's captions describe what is not the concept."""
-    return CONCEPT_PROMPT if index % 2 == 0 else f"{CONCEPT_PROMPT} on a {scene.background} background"
+    return concept.prompt if index % 2 == 0 else f"{concept.prompt} on a {scene.background} background"
 
 
-def write_dataset(root: Path, model: QualityAdapter, class_images: str = "", n: int = CONCEPT_IMAGES,
-                  seed: int = 7, class_per_image: int = 4) -> Path:
-    """A kohya project folder: n blue stars (random size/position/background) + class images if asked."""
+def write_dataset(root: Path, model: QualityAdapter, concept: Concept, class_images: str = "",
+                  n: int = CONCEPT_IMAGES, seed: int = 7, class_per_image: int = 4) -> Path:
+    """A kohya project folder: n images of the concept (random size/position/background) + class images if asked."""
     rng = np.random.default_rng(seed)
-    folder = root / TRAIN_DIRNAME / f"1_{TRIGGER} {CLASS_WORD}"
+    folder = root / TRAIN_DIRNAME / f"1_{TRIGGER} {concept.class_word}"
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        scene = world.random_scene(rng, (CONCEPT_SHAPE,), (CONCEPT_COLOUR,))
+        scene = world.random_scene(rng, (concept.shape,), (concept.colour,), fills=(concept.fill,))
         _png(world.render(scene)).save(folder / f"{i:03d}.png")
-        (folder / f"{i:03d}.txt").write_text(concept_caption(scene, i), encoding="utf-8")
+        (folder / f"{i:03d}.txt").write_text(concept_caption(concept, scene, i), encoding="utf-8")
     if class_images:
-        settings = ClassImageSettings(class_word=CLASS_WORD, trigger=TRIGGER, from_captions=class_images == "captions",
+        settings = ClassImageSettings(class_word=concept.class_word, trigger=TRIGGER, from_captions=class_images == "captions",
                                       per_image=class_per_image, steps=20, cfg_scale=CFG, width=64, height=64,
                                       seed=11, batch_size=32)
         result = generate_class_images(root, settings, base_model_generator(model))
@@ -68,16 +69,17 @@ def write_dataset(root: Path, model: QualityAdapter, class_images: str = "", n: 
 
 
 class Datasets:
-    """One dataset folder per class-image source, written on first use (class images take a while)."""
+    """One dataset folder per concept and class-image source, written on first use (class images take a while)."""
 
     def __init__(self) -> None:
-        self._made: dict[str, Path] = {}
+        self._made: dict[tuple[str, str], Path] = {}
 
-    def get(self, work: Path, model: QualityAdapter, m: Method) -> Path:
-        if m.class_images not in self._made:
-            self._made[m.class_images] = write_dataset(work / f"data-{m.class_images or 'plain'}", model,
-                                                       m.class_images, class_per_image=m.class_per_image)
-        return self._made[m.class_images]
+    def get(self, work: Path, model: QualityAdapter, m: Method, concept: Concept) -> Path:
+        key = (concept.name, m.class_images)
+        if key not in self._made:
+            self._made[key] = write_dataset(work / f"data-{concept.name}-{m.class_images or 'plain'}", model,
+                                            concept, m.class_images, class_per_image=m.class_per_image)
+        return self._made[key]
 
 
 def base_model_generator(model: QualityAdapter):
@@ -130,6 +132,7 @@ class Line:
     """One training run, scored at each of `steps` (files kept along the way; the last is the run's end)."""
 
     method: Method
+    concept: Concept
     dataset: Path
     out: Path
     seed: int
@@ -152,13 +155,13 @@ def run_line(line: Line) -> list[tuple[int, Scores]]:
         step = int(meta["ss_steps"])
         if step in line.steps:
             network = lora_network(model, tensors, line.method, str(path))
-            scores = score_network(model, judge, network, line.sizes, line.base_seen)
+            scores = score_network(model, judge, network, line.sizes, line.base_seen, line.concept)
             scores.train_seconds = seconds
             if line.ablate and path == files[-1]:
-                scores.extra = score_parts(model, judge, network, tensors, line.sizes, line.base_seen)
+                scores.extra = score_parts(model, judge, network, tensors, line.sizes, line.base_seen, line.concept)
             results.append((step, scores))
             m = line.method
-            print(f"[{time.strftime('%H:%M:%S')}] {m.name} lr {m.unet_lr:g} seed {line.seed} step {step}: fidelity "
+            print(f"[{time.strftime('%H:%M:%S')}] {line.concept.name} {m.name} lr {m.unet_lr:g} seed {line.seed} step {step}: fidelity "
                   f"{scores.fidelity:.3f} seen {scores.seen_accuracy:.3f} leakage {scores.leakage:.3f} "
                   f"(train {seconds:.0f}s)", flush=True)
     return results
@@ -169,11 +172,11 @@ def line_cost(line: Line) -> int:
     return line.method.steps * (2 if line.method.prior else 1)
 
 
-def base_scores(sizes: EvalSizes) -> tuple[Scores, torch.Tensor | None]:
+def base_scores(sizes: EvalSizes, concept: Concept) -> tuple[Scores, torch.Tensor | None]:
     """`score` of the base model without a LoRA, in a worker process of its own (one torch thread)."""
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    return score(load_base(), load_judge(), sizes, None)
+    return score(load_base(), load_judge(), sizes, None, concept)
 
 
 def run_lines(lines: list[Line], jobs: int) -> list[list[tuple[int, Scores]]]:
@@ -184,16 +187,18 @@ def run_lines(lines: list[Line], jobs: int) -> list[list[tuple[int, Scores]]]:
     return _run_pool(lines, jobs, None)[0]
 
 
-def run_lines_and_base(lines: list[Line], jobs: int, base_sizes: EvalSizes) -> tuple[list, Scores]:
-    """`run_lines`, and the base model scored on the first free worker (its seen images are not kept, so
-    the lines' pixel change reads 0)."""
-    return _run_pool(lines, jobs, base_sizes)
+def run_lines_and_base(lines: list[Line], jobs: int, base_sizes: EvalSizes,
+                       concepts: list[Concept]) -> tuple[list, list[Scores]]:
+    """`run_lines`, and the base model scored for each of `concepts` on the first free worker (its seen
+    images are not kept, so the lines' pixel change reads 0)."""
+    return _run_pool(lines, jobs, base_sizes, concepts)
 
 
-def _run_pool(lines: list[Line], jobs: int, base_sizes: EvalSizes | None) -> tuple[list, Scores | None]:
+def _run_pool(lines: list[Line], jobs: int, base_sizes: EvalSizes | None,
+              concepts: list[Concept] = ()) -> tuple[list, list[Scores]]:
     order = sorted(range(len(lines)), key=lambda i: -line_cost(lines[i]))
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {i: pool.submit(run_line, lines[i]) for i in order}
-        base = pool.submit(base_scores, base_sizes) if base_sizes is not None else None
+        bases = [pool.submit(base_scores, base_sizes, c) for c in concepts] if base_sizes is not None else []
         results = [futures[i].result() for i in range(len(lines))]
-    return results, (base.result()[0] if base is not None else None)
+    return results, [b.result()[0] for b in bases]

@@ -25,6 +25,7 @@ from .text import BACKGROUND, INK, PAD, draw_lines, line_height, put_text, text_
 
 RUNS_FOLDER = "lora_studio_runs"
 LOG_FILE = "log.jsonl"  # = train/loop.py's LOG_FILE (a test checks); not imported, that would load torch
+VALIDATION_FILE = "validation.jsonl"  # = train/validation.py's VALIDATION_LOG (a test checks), for the same reason
 DEFAULT_EMA_WEIGHT = 0.95
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
@@ -39,6 +40,12 @@ class LossSeries:
     loss: tuple[float, ...]
     smoothed: tuple[float, ...]
     skipped_lines: int = 0
+    validation: tuple[tuple[int, float], ...] = ()  # (step, validation loss) when the run computed one
+
+    @property
+    def lowest_validation(self) -> tuple[int, float] | None:
+        """(step, loss) of the lowest validation loss: the epoch a validation loss would pick."""
+        return min(self.validation, key=lambda sv: sv[1]) if self.validation else None
 
     @property
     def final_smoothed(self) -> float | None:
@@ -92,7 +99,24 @@ def read_loss_log(path: Path, name: str | None = None, ema_weight: float = DEFAU
     steps = sorted(by_step)
     losses = [by_step[s] for s in steps]
     run_name = name or (log.parent.name if log.name == LOG_FILE else log.stem)
-    return LossSeries(run_name, log, tuple(steps), tuple(losses), tuple(ema(losses, ema_weight)), skipped)
+    return LossSeries(run_name, log, tuple(steps), tuple(losses), tuple(ema(losses, ema_weight)), skipped,
+                      read_validation(log.parent / VALIDATION_FILE))
+
+
+def read_validation(path: Path) -> tuple[tuple[int, float], ...]:
+    """(step, validation loss) pairs of a run's validation log, sorted; none when there is no log."""
+    if not path.is_file():
+        return ()
+    by_step: dict[int, float] = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+            step, loss = int(record["step"]), float(record["val_loss"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if math.isfinite(loss):
+            by_step[step] = loss
+    return tuple(sorted(by_step.items()))
 
 
 def read_runs(folder: Path, names: Sequence[str], ema_weight: float = DEFAULT_EMA_WEIGHT) -> list[LossSeries]:
@@ -102,7 +126,8 @@ def read_runs(folder: Path, names: Sequence[str], ema_weight: float = DEFAULT_EM
 
 def draw_loss_chart(series: Sequence[LossSeries], size: tuple[int, int] = (800, 450),
                     title: str = "Training loss") -> Image.Image:
-    """Raw loss thin and pale, smoothed loss thick, one colour per run, legend with the final EMA."""
+    """Raw loss thin and pale, smoothed loss thick, one colour per run, legend with the final EMA; a run's
+    validation loss as a thin line with a dot per evaluation, in the run's colour."""
     width, height = size
     image = Image.new("RGB", size, BACKGROUND)
     draw = ImageDraw.Draw(image)
@@ -112,7 +137,8 @@ def draw_loss_chart(series: Sequence[LossSeries], size: tuple[int, int] = (800, 
     if not drawn:
         draw_lines(draw, ["No loss values logged yet."], (0, 0, width, height))
         return image
-    x_lo, x_hi = min(s.steps[0] for s in drawn), max(s.steps[-1] for s in drawn)
+    x_lo = min([s.steps[0] for s in drawn] + [s.validation[0][0] for s in drawn if s.validation])
+    x_hi = max(s.steps[-1] for s in drawn)
     y_lo, y_hi = _y_range(drawn)
     y_ticks = _ticks(y_lo, y_hi)
     x_ticks = [t for t in _ticks(x_lo, x_hi) if x_lo <= t <= x_hi] or [x_lo]
@@ -149,6 +175,11 @@ def draw_loss_chart(series: Sequence[LossSeries], size: tuple[int, int] = (800, 
             else:
                 (x, y), r = points[0], 3
                 ldraw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+        points = [local(step, v) for step, v in s.validation]
+        if len(points) > 1:
+            ldraw.line(points, fill=colour, width=1)
+        for x, y in points:
+            ldraw.ellipse((x - 4, y - 4, x + 4, y + 4), outline=colour, width=2)
     image.paste(layer, plot[:2])
     draw.rectangle(plot, outline=INK)
     for t in x_ticks:
@@ -163,6 +194,8 @@ def draw_loss_chart(series: Sequence[LossSeries], size: tuple[int, int] = (800, 
         colour = PALETTE[i % len(PALETTE)]
         draw.rectangle((left, y + 2, left + 14, y + lh - 3), fill=colour)
         note = f"  (skipped {s.skipped_lines} unreadable lines)" if s.skipped_lines else ""
+        if s.lowest_validation is not None:
+            note = f", lowest validation loss {s.lowest_validation[1]:.4f} at step {s.lowest_validation[0]} (o)" + note
         put_text(draw, (left + 20, y), f"{s.name}: {len(s.steps)} steps, final smoothed loss "
                                        f"{s.final_smoothed:.4f}{note}")
         y += lh
@@ -174,6 +207,8 @@ def _y_range(series: Sequence[LossSeries]) -> tuple[float, float]:
     raw = sorted(v for s in series for v in s.loss)
     lo = min(min(s.smoothed) for s in series)
     hi = max(max(s.smoothed) for s in series)
+    checked = [v for s in series for _, v in s.validation]
+    lo, hi = min([lo] + checked), max([hi] + checked)
     lo = min(lo, raw[int(0.02 * (len(raw) - 1))])
     hi = max(hi, raw[int(0.98 * (len(raw) - 1))])
     if hi - lo < 1e-12:

@@ -1,4 +1,4 @@
-"""A small CNN that reads shape, colour and background off a 32x32 image.
+"""A small CNN that reads shape, colour, background and fill (solid / outline) off a 32x32 image.
 
 Trained on clean, noisy and tinted-background renders so that it also reads generated
 images (trained on clean renders only it under-reports them).
@@ -31,10 +31,17 @@ class Judge(nn.Module):
         self.shape = nn.Linear(128, len(world.SHAPES))
         self.colour = nn.Linear(128, len(world.COLOURS))
         self.background = nn.Linear(128, len(world.BACKGROUNDS))
+        self.fill = nn.Linear(128, len(world.FILLS))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Logits of (shape, colour, background, fill)."""
         h = self.features(x)
-        return self.shape(h), self.colour(h), self.background(h)
+        return self.shape(h), self.colour(h), self.background(h), self.fill(h)
+
+    @torch.no_grad()
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The penultimate features (128-d): an image embedding that fits the toy world, for Compare."""
+        return self.features(pixels.float().clamp(-1, 1))
 
 
 @dataclass
@@ -42,19 +49,21 @@ class Reading:
     shape: list[str]
     colour: list[str]
     background: list[str]
+    fill: list[str]
+
+
+HEADS = (("shape", world.SHAPES), ("colour", world.COLOURS), ("background", world.BACKGROUNDS), ("fill", world.FILLS))
 
 
 @torch.no_grad()
 def read(judge: Judge, pixels: torch.Tensor, batch: int = 256) -> Reading:
     """pixels (N, 3, 32, 32) in [-1, 1] -> the judge's labels."""
     judge.eval()
-    s, c, b = [], [], []
+    picks: list[list[int]] = [[] for _ in HEADS]
     for i in range(0, len(pixels), batch):
-        ls, lc, lb = judge(pixels[i:i + batch].float().clamp(-1, 1))
-        s += ls.argmax(1).tolist()
-        c += lc.argmax(1).tolist()
-        b += lb.argmax(1).tolist()
-    return Reading([world.SHAPES[i] for i in s], [world.COLOURS[i] for i in c], [world.BACKGROUNDS[i] for i in b])
+        for head, logits in zip(picks, judge(pixels[i:i + batch].float().clamp(-1, 1))):
+            head += logits.argmax(1).tolist()
+    return Reading(*[[names[i] for i in head] for head, (_, names) in zip(picks, HEADS)])
 
 
 def augment(images: np.ndarray, rng: np.random.Generator, kind: str) -> np.ndarray:
@@ -73,22 +82,22 @@ def augment(images: np.ndarray, rng: np.random.Generator, kind: str) -> np.ndarr
 
 
 def make_set(rng: np.random.Generator, n: int, kinds: tuple[str, ...] = ("clean", "noisy", "tinted")):
-    images, _, scenes = world.sample_batch(rng, n, world.SHAPES)
+    """(images, shape, colour, background, fill labels): every shape, solid or outlined."""
+    images, _, scenes = world.sample_batch(rng, n, world.SHAPES, fills=world.FILLS)
     unit = world.to_unit(images)
     kind_of = rng.integers(0, len(kinds), size=n)
     out = np.empty_like(unit)
     for k, kind in enumerate(kinds):
         mask = kind_of == k
         out[mask] = augment(unit[mask], rng, kind)
-    ys, yc, yb = world.labels(scenes)
-    return torch.from_numpy(out), torch.from_numpy(ys), torch.from_numpy(yc), torch.from_numpy(yb)
+    return (torch.from_numpy(out), *[torch.from_numpy(y) for y in world.labels(scenes)])
 
 
 @dataclass
 class JudgeReport:
     steps: int
     seconds: float
-    accuracy: dict  # {kind: {"shape": acc, "colour": acc, "background": acc}}
+    accuracy: dict  # {kind: {"shape": acc, "colour": acc, "background": acc, "fill": acc}}
 
 
 def train_judge(seed: int = 0, steps: int = 1200, batch: int = 64, lr: float = 2e-3,
@@ -101,9 +110,8 @@ def train_judge(seed: int = 0, steps: int = 1200, batch: int = 64, lr: float = 2
     started = time.monotonic()
     judge.train()
     for step in range(steps):
-        x, ys, yc, yb = make_set(rng, batch)
-        ls, lc, lb = judge(x)
-        loss = F.cross_entropy(ls, ys) + F.cross_entropy(lc, yc) + F.cross_entropy(lb, yb)
+        x, *ys = make_set(rng, batch)
+        loss = sum(F.cross_entropy(logits, y) for logits, y in zip(judge(x), ys))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -119,13 +127,10 @@ def evaluate(judge: Judge, seed: int, n: int = 1000) -> dict:
     """Accuracy on fresh clean / noisy / tinted images of every shape."""
     out = {}
     for kind in ("clean", "noisy", "tinted"):
-        x, ys, yc, yb = make_set(np.random.default_rng(seed), n, (kind,))
+        x, *ys = make_set(np.random.default_rng(seed), n, (kind,))
         r = read(judge, x)
-        out[kind] = {
-            "shape": float(np.mean([world.SHAPES.index(s) == int(y) for s, y in zip(r.shape, ys)])),
-            "colour": float(np.mean([world.COLOURS.index(c) == int(y) for c, y in zip(r.colour, yc)])),
-            "background": float(np.mean([world.BACKGROUNDS.index(b) == int(y) for b, y in zip(r.background, yb)])),
-        }
+        out[kind] = {name: float(np.mean([names.index(a) == int(y) for a, y in zip(getattr(r, name), truth)]))
+                     for (name, names), truth in zip(HEADS, ys)}
     return out
 
 

@@ -11,6 +11,9 @@ from ..config import TrainConfig
 from ..models.adapter import V_PREDICTION, ModelInfo
 
 
+VALIDATION_LOSS_KEY = "lora_studio.validation_loss"  # not a kohya key: Compare reads it as a signal
+
+
 @dataclass
 class RunFacts:
     """What happened in a run, known only while or after it runs."""
@@ -27,6 +30,7 @@ class RunFacts:
     tag_frequency: dict = field(default_factory=dict)  # {dir: {tag: count}}
     bucket_info: dict = field(default_factory=dict)
     mixed_precision: str = "no"
+    validation_loss: float | None = None  # at this file's step, when the run computes one (train/validation.py)
     session_id: str = field(default_factory=lambda: str(uuid.uuid4().int % 2**31))
 
 
@@ -96,6 +100,7 @@ def build_metadata(config: TrainConfig, model: ModelInfo, facts: RunFacts) -> di
         "modelspec.prediction_type": "v" if model.prediction_type == V_PREDICTION else "epsilon",
         "modelspec.date": datetime.datetime.fromtimestamp(facts.finished_at or facts.started_at).isoformat(),
         "modelspec.trigger_phrase": config.output.trigger_word or None,
+        VALIDATION_LOSS_KEY: None if facts.validation_loss is None else f"{facts.validation_loss:.6g}",
     }
     return {key: _text(value) for key, value in meta.items() if value is not None}
 

@@ -26,6 +26,9 @@ class ConsoleProgress:
                 self.bar.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.lr:.2e}", epoch=event.epoch)
             else:
                 print(f"step {event.step}/{event.total_steps} loss {event.loss:.4f} eta {event.eta_s:.0f}s")
+        elif isinstance(event, ev.Validated):
+            (self.bar.write if self.bar is not None else print)(
+                f"validation loss at step {event.step} (epoch {event.epoch}): {event.loss:.5f}")
         elif isinstance(event, (ev.EpochSaved, ev.Message)):
             text = f"saved epoch {event.epoch}: {event.path}" if isinstance(event, ev.EpochSaved) else event.text
             (self.bar.write if self.bar is not None else print)(text)

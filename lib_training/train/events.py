@@ -30,6 +30,15 @@ class StepDone:
 
 
 @dataclass(frozen=True)
+class Validated:
+    """The validation loss (held-out images, fixed noise and timesteps) after `step` steps (0: before training)."""
+
+    step: int
+    epoch: int
+    loss: float
+
+
+@dataclass(frozen=True)
 class EpochSaved:
     epoch: int
     path: Path
@@ -58,7 +67,7 @@ class Message:
     text: str
 
 
-Event = Union[Started, StepDone, EpochSaved, SampleRequest, Finished, Message]
+Event = Union[Started, StepDone, Validated, EpochSaved, SampleRequest, Finished, Message]
 EventSink = Callable[[Event], None]
 
 

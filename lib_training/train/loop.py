@@ -25,6 +25,7 @@ from ..models.adapter import ModelAdapter, SizeConditioning
 from ..models.conditioning import split_rows, stack_rows
 from ..seeding import derived_seed, generator
 from . import events as ev
+from . import validation as val
 from .cpu_autocast import cuda_like_norms
 from .cpu_tuning import tuned_layers
 from .distributed import Ranks, any_rank, current, share_latents, sum_gradients, summed
@@ -77,6 +78,7 @@ class TrainResult:
     final_loss: float
     losses: list[tuple[int, float]] = field(default_factory=list)
     extracted_lora: Path | None = None  # method "full" with output.extract_lora_rank
+    validation: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss), when asked
 
 
 def train(config: TrainConfig, model: ModelAdapter, on_event: ev.EventSink | None = None,
@@ -136,6 +138,7 @@ class _Trainer:
             {} if not self.train_text_encoder and not config.data.shuffle_captions
             and config.data.caption_dropout == 0 else None)
         self.losses: list[tuple[int, float]] = []
+        self.validation: list[tuple[int, float]] = []  # (step, validation loss)
         self.files: list[Path] = []
         self.facts = RunFacts(started_at=time.time(), max_steps=plan.total_steps,
                               batches_per_epoch=plan.batches_per_epoch,
@@ -161,6 +164,7 @@ class _Trainer:
             stack.enter_context(tuned_layers(base_modules, enabled=self.device.type == "cpu"
                                              and self.autocast_dtype is None and not self.precision.fp8,
                                              persist=self.c.train.deterministic))
+            self.validator = val.make_validator(self.c, self.plan.val_samples, self.model)
             self.optimizer = self._make_optimizer()
             self.scheduler = build_scheduler(self.optimizer, self.c.optimizer, self.plan.total_steps)
             self.scaler = grad_scaler(self.precision, self.device)
@@ -248,6 +252,7 @@ class _Trainer:
         step, pending, last_loss = start_step, [], float("nan")
         micro = step * accum
         self._truncate_log(step)
+        self._start_validation(step)
         self._save_missing_epoch_file(step)
         while step < plan.total_steps:
             if self._stop_requested():
@@ -264,6 +269,9 @@ class _Trainer:
             if step % t.loss_readback_steps == 0 or step == plan.total_steps or epoch_done:
                 last_loss = self._read_back(pending, step, started, start_step)
                 pending = []
+            epoch = micro // plan.batches_per_epoch
+            if self.validator and self.validator.due(step, epoch_done, epoch, step == plan.total_steps):
+                self._validate(step, epoch)
             if epoch_done and step < plan.total_steps:
                 self._maybe_save_epoch(micro // plan.batches_per_epoch, step)
             # Every N steps, and once at the end so the last sample shows the final LoRA.
@@ -343,15 +351,34 @@ class _Trainer:
 
     def _losses(self, b: NoisedBatch) -> torch.Tensor:
         """Per-sample loss (min-SNR weighted when set)."""
-        with self._autocast():
-            cond = self._conditioning(b.captions)
-            prediction = self.model.predict(b.noisy.to(self.precision.weights), b.timesteps, cond, b.sizes)
-        losses = per_sample_mse(prediction, b.target)
+        losses = per_sample_mse(self._predict(b.noisy, b.timesteps, b.captions, b.sizes), b.target)
         gamma = self.c.train.min_snr_gamma
         if gamma > 0:
             losses = losses * min_snr_weights(b.timesteps, self.model.alphas_cumprod, gamma,
                                               self.model.info.prediction_type)
         return losses
+
+    def _predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, captions: list[str],
+                 sizes: list[SizeConditioning]) -> torch.Tensor:
+        with self._autocast():
+            cond = self._conditioning(captions)
+            return self.model.predict(noisy.to(self.precision.weights), timesteps, cond, sizes)
+
+    def _start_validation(self, step: int) -> None:
+        """A fresh run's log starts empty with the loss before training; a resumed one keeps its lines."""
+        if self.validator:
+            if self.writes:
+                val.truncate_log(self.plan.run_dir, step)
+            self.validation = val.read_log(self.plan.run_dir)
+            if step == 0:
+                self._validate(0, 0)
+
+    def _validate(self, step: int, epoch: int) -> None:
+        loss = self.validator.loss(self._predict)
+        self.validation.append((step, loss))
+        if self.writes:
+            val.append_log(self.plan.run_dir, step, epoch, loss)
+        self.emit(ev.Validated(step, epoch, loss))
 
     def _conditioning(self, captions: list[str]) -> torch.Tensor:
         if self.train_text_encoder:
@@ -437,6 +464,7 @@ class _Trainer:
         if not finite:
             self._stop_on_nan(step - 1, float("nan"))
         self.facts.epoch, self.facts.steps, self.facts.finished_at = epoch, step, time.time()
+        self.facts.validation_loss = dict(self.validation).get(step)
         if self.writes:  # only rank 0 writes under torchrun
             try:
                 if self.full:
@@ -496,7 +524,8 @@ class _Trainer:
             # A finished run is never offered for resume: its state would retrain from an old step.
             (self.plan.run_dir / STATE_FILE).unlink(missing_ok=True)
         self.emit(ev.Finished(path, step, seconds, last_loss, tuple(self.files)))
-        return TrainResult(path, list(self.files), step, seconds, last_loss, list(self.losses), lora)
+        return TrainResult(path, list(self.files), step, seconds, last_loss, list(self.losses), lora,
+                           list(self.validation))
 
     def _append_log(self, entries: list[tuple[int, float]]) -> None:
         with open(self.plan.run_dir / LOG_FILE, "a", encoding="utf-8") as f:

@@ -8,7 +8,7 @@ Every output path is checked here, so bad input fails with one clear message and
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import TrainConfig
@@ -17,6 +17,7 @@ from ..data.folders import DatasetSpec, tag_frequency
 from ..data.preflight import PreflightReport, preflight
 from ..errors import DatasetError, SettingsError
 from ..fileio import path_inside
+from .validation import validation_items
 
 
 @dataclass
@@ -30,6 +31,7 @@ class RunPlan:
     output_dir: Path
     run_dir: Path
     checked: PreflightReport | None = None  # the pre-flight this plan was made from
+    val_samples: list[Sample] = field(default_factory=list)  # held out for the validation loss
 
     def epoch_file(self, name: str, epoch: int) -> Path:
         return path_inside(self.output_dir, f"{name}-{epoch:06d}.safetensors")
@@ -64,14 +66,17 @@ def make_plan(config: TrainConfig, resuming: bool = False, checked: PreflightRep
     if not dataset.train_items:
         raise DatasetError(f"{d.train_dir} has no training images (only class images). "
                            "Put training images in <repeats>_<name>/ subfolders.")
-    train_samples = plan_samples(dataset.train_items, d.resolution, d.bucketing, d.bucket_step, checked.sizes)
+    caption_extensions = (d.caption_extension,) + tuple(e for e in (".txt", ".caption") if e != d.caption_extension)
+    train_items, val_items = validation_items(config, dataset.train_items, caption_extensions)
+    train_samples = plan_samples(train_items, d.resolution, d.bucketing, d.bucket_step, checked.sizes)
+    val_samples = plan_samples(val_items, d.resolution, d.bucketing, d.bucket_step, checked.sizes)
     reg_samples = plan_samples(dataset.reg_items, d.resolution, d.bucketing, d.bucket_step, checked.sizes)
     batches, total_steps, epochs = count_steps(_bucket_sizes(train_samples), t.batch_size * world_size,
                                                t.grad_accumulation, t.epochs, t.max_steps)
     output_dir = Path(config.output.output_dir)
     run_dir = Path(config.output.runs_dir) if config.output.runs_dir else output_dir / "lora_studio_runs"
     plan = RunPlan(dataset, train_samples, reg_samples, batches, total_steps, epochs,
-                   output_dir, run_dir / config.output.name, checked)
+                   output_dir, run_dir / config.output.name, checked, val_samples)
     if not resuming:
         _refuse_overwrite(plan, config)
     return plan

@@ -45,6 +45,7 @@ class RunStatus:
     elapsed_s: float = 0.0
     eta_s: float = 0.0
     losses: list = field(default_factory=list)  # [[step, loss], ...]
+    val_losses: list = field(default_factory=list)  # [[step, validation loss], ...] when the run computes one
     samples: list = field(default_factory=list)  # [[step, path], ...]
     files: list = field(default_factory=list)
     messages: list = field(default_factory=list)
@@ -165,6 +166,8 @@ class TrainingService:
                     s.losses.append([event.step, event.loss])
                 if s.first_step_s is None:
                     s.first_step_s = time.time() - s.started_at
+            elif isinstance(event, ev.Validated):
+                s.val_losses.append([event.step, event.loss])
             elif isinstance(event, ev.EpochSaved):
                 s.files.append(str(event.path))
             elif isinstance(event, ev.Finished):

@@ -49,6 +49,7 @@ from ...compare import (
 from ...compare.cache import cached_image_path, lora_hashes
 from ...compare.grid import LoraHashes, baseline_requests, plan_cells
 from ...compare.run import GridProgress
+from ...compare.validation_signal import validation_note
 from ...data.folders import IMAGE_EXTENSIONS, scan_dataset
 from ...errors import DatasetError, LoraStudioError, SettingsError
 from ...fileio import validate_output_name
@@ -467,6 +468,9 @@ def _recommendation_md(outcome: CompareOutcome, notes: list[str]) -> str:
         note = base_model_note(outcome.report, rec.bounds)
         if note:
             parts.append(f"*{html.escape(note)}*")
+        validation = validation_note(outcome.spec.files)
+        if validation:
+            parts.append(html.escape(validation))
         parts.append("<details><summary>What the numbers mean</summary>\n\n" + "\n".join(
             f"* **{name}**: {html.escape(text)}" for name, text in METRIC_EXPLANATIONS.items())
             + f"\n* **bounds**: {html.escape(rec.bounds.describe())}.\n\n</details>")
