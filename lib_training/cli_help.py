@@ -32,6 +32,9 @@ TOML_ONLY: dict[str, str] = {
     "train.loss_readback_steps": "read the loss back from the GPU every N steps (fewer syncs)",
     "train.deterministic": "same seed + settings + machine = a bit-identical LoRA: the CPU layer tuner's kernel "
                            "choices are kept in ~/.cache/lora_studio (XDG_CACHE_HOME) and reused",
+    "validation.every_epochs": "with a validation split or folder: compute the validation loss after every N "
+                               "epochs (0 = not by epoch)",
+    "validation.timesteps": "fixed timesteps per validation image, spread evenly over the noise schedule",
     "output.save_dtype": "dtype of the saved file: fp16, bf16 or fp32",
     "output.runs_dir": "where config.toml, log.jsonl and resume.lsstate go; empty = <output_dir>/lora_studio_runs",
 }
