@@ -162,7 +162,7 @@ def test_the_train_tabs_status_carries_the_validation_loss_for_its_chart(photo_d
 
     from lib_training.webui.backend.service import FINISHED, TrainingService
 
-    def runner(config, on_event, cancel, resume=False):
+    def runner(config, on_event, cancel, resume=False, checked=None):
         on_event(ev.Started(total_steps=2, steps_per_epoch=1, epochs=2, num_train_images=2, num_reg_images=0))
         on_event(ev.Validated(0, 0, 0.5))
         for step in (1, 2):

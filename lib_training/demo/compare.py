@@ -82,7 +82,10 @@ class ToyGenerator:
 
 
 class JudgeEmbedder:
-    """Compare's `Embedder`: images as the judge's probabilities, prompts as the words they name."""
+    """Compare's `Embedder`: images as the judge's probabilities, prompts as the words they name.
+
+    One block per judge head (shape, colour, background, fill) on both sides, so the two align.
+    """
 
     def __init__(self, judge: Judge):
         self.judge = judge
@@ -98,7 +101,7 @@ class JudgeEmbedder:
         for text in texts:
             words = text.lower().split()
             rows.append(np.concatenate([_named(words, names) for names in
-                                        (world.SHAPES, world.COLOURS, world.BACKGROUNDS)]))
+                                        (world.SHAPES, world.COLOURS, world.BACKGROUNDS, world.FILLS)]))
         return np.stack(rows)
 
 
@@ -154,7 +157,7 @@ def judge_score(generator: ToyGenerator, judge: Judge, lora: Path | None, weight
     concept, seen = read(judge, pixels[:n]), read(judge, pixels[n:])
     ok = [s == CONCEPT_SHAPE and c == CONCEPT_COLOUR for s, c in zip(concept.shape, concept.colour)]
     with torch.no_grad():
-        shape_logits, colour_logits, _ = judge(pixels[:n].float().clamp(-1, 1))
+        shape_logits, colour_logits, *_ = judge(pixels[:n].float().clamp(-1, 1))
     belief = (shape_logits.softmax(1)[:, world.SHAPES.index(CONCEPT_SHAPE)]
               * colour_logits.softmax(1)[:, world.COLOURS.index(CONCEPT_COLOUR)]).mean()
     right = [f"a {c} {s}" == p for p, s, c in zip(prompts, seen.shape, seen.colour)]
