@@ -31,6 +31,8 @@ class Method:
     restarts: int = 1
     warmup_steps: int = 0
     class_per_image: int = 4  # class images per training image
+    full: bool = False  # train the weights themselves (the engine's method "full"), not a LoRA (rank unused)
+    extract_rank: int = 0  # full: also score a LoRA of this rank extracted from the difference (0 = none)
 
     @property
     def prior(self) -> bool:
@@ -48,6 +50,13 @@ CONV_RANK = 8  # the toy UNet attends only at 8x8: its shapes are drawn by the 3
 PRESET_STEPS = sum(TARGET_SAMPLES_PER_EPOCH) // 2 // PRESET_BATCH * PRESET_EPOCHS  # what a preset run takes
 
 
+# Classic (full) DreamBooth trains the weights themselves at a learning rate ~100x below a LoRA's: diffusers'
+# DreamBooth example uses 5e-6 with AdamW and prior preservation, 400 steps. The toy takes it with the same
+# LR_FACTOR as the LoRA rows; the text encoder keeps the preset's ratio to the UNet's lr.
+FULL_UNET_LR = 5e-6
+EXTRACT_RANK = RANK
+
+
 def preset_method(name: str, train_text_encoder: bool, class_images: str, preset: str = BENCH_PRESET) -> Method:
     """A method with the Train tab preset's choices, on the toy world's scale."""
     v = find_preset(preset).values
@@ -60,6 +69,14 @@ def preset_method(name: str, train_text_encoder: bool, class_images: str, preset
                   warmup_steps=round(STEPS * v["optimizer.warmup_steps"] / PRESET_STEPS))
 
 
+def full_method(m: Method) -> Method:
+    """`m` as a full fine-tune: the preset's schedule, min-SNR and class images, DreamBooth's learning rate
+    (the text encoder's keeps the preset's ratio), and a rank-EXTRACT_RANK LoRA extracted at the end."""
+    te_ratio = m.text_encoder_lr / m.unet_lr
+    unet_lr = FULL_UNET_LR * LR_FACTOR
+    return replace(m, full=True, unet_lr=unet_lr, text_encoder_lr=unet_lr * te_ratio, extract_rank=EXTRACT_RANK)
+
+
 # The ablation: the preset as a plain LoRA (UNet only, then + text encoder), then as DreamBooth-LoRA with
 # class images drawn from the class prompt or from each training caption (the default).
 METHODS: dict[str, Method] = {
@@ -67,8 +84,10 @@ METHODS: dict[str, Method] = {
     "lora_te": preset_method("lora_te", train_text_encoder=True, class_images=""),
     "dreambooth_lora_prompt": preset_method("dreambooth_lora_prompt", train_text_encoder=True, class_images="prompt"),
     "dreambooth_lora": preset_method("dreambooth_lora", train_text_encoder=True, class_images="captions"),
+    "dreambooth_full": full_method(preset_method("dreambooth_full", train_text_encoder=True, class_images="captions")),
 }
 DEFAULT_METHOD = "dreambooth_lora"
+LORA_METHODS = [name for name, m in METHODS.items() if not m.full]  # the ones whose files scale by a LoRA weight
 
 
 def method(name: str, **overrides) -> Method:

@@ -42,7 +42,7 @@ from lib_training.demo.judge import load_judge, read  # noqa: E402
 from lib_training.lora.io import load_lora  # noqa: E402
 from lib_training.lora.metadata import VALIDATION_LOSS_KEY  # noqa: E402
 from lib_training.train.loop import train  # noqa: E402
-from methods import METHODS, Method, method  # noqa: E402
+from methods import LORA_METHODS, Method, method  # noqa: E402
 from metrics import lora_network, seen_accuracy  # noqa: E402
 from run_quality import log  # noqa: E402
 from teach import Datasets, engine_config, steps_per_epoch, write_dataset  # noqa: E402
@@ -200,7 +200,7 @@ def _share(hits: list[dict], key: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--concept", default=DEFAULT_CONCEPT, choices=CONCEPTS)
-    p.add_argument("--methods", nargs="+", default=["dreambooth_lora", "lora_te"], choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=["dreambooth_lora", "lora_te"], choices=LORA_METHODS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, help="training steps (default: the method's)")
     p.add_argument("--every", type=int, default=100, help="keep a file every N steps (a whole number of epochs)")

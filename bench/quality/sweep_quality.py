@@ -29,7 +29,7 @@ from lib_training.demo.judge import load_judge  # noqa: E402
 from plot import Point, fidelity_vs_drift  # noqa: E402
 from run_quality import add_setting_args, log, setting_overrides  # noqa: E402
 from concepts import CONCEPTS, DEFAULT_CONCEPT  # noqa: E402
-from methods import METHODS, Method, method, scaled_alphas  # noqa: E402
+from methods import LORA_METHODS, METHODS, Method, method, scaled_alphas  # noqa: E402
 from metrics import EvalSizes, score  # noqa: E402
 from teach import Datasets, Line, run_lines  # noqa: E402
 
@@ -54,7 +54,8 @@ def line_method(name: str, lr: float, te_lr_ratio: float | None, steps: int, fix
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--concept", default=DEFAULT_CONCEPT, choices=CONCEPTS)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=LORA_METHODS, choices=list(METHODS),
+                   help="default: the LoRA methods (the default --lrs are a LoRA's)")
     p.add_argument("--lrs", nargs="+", type=float, default=[5e-4, 1e-3, 2e-3, 4e-3], help="UNet learning rates")
     p.add_argument("--steps", nargs="+", type=int, default=[100, 200, 400])
     p.add_argument("--te-lr-ratio", type=float, help="text-encoder lr = this x the UNet lr (default: the method's)")

@@ -15,7 +15,7 @@ import math
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import reduce
 from pathlib import Path
 
@@ -24,11 +24,12 @@ import torch
 from PIL import Image
 
 from lib_training.demo import world
-from lib_training.demo.base_model import CFG, QualityAdapter, load_base, sample
+from lib_training.demo.base_model import CFG, QualityAdapter, load_base, model_from_tensors, sample
 from lib_training.demo.judge import load_judge
 from lib_training.config import TrainConfig
 from lib_training.data.importer import REG_DIRNAME, TRAIN_DIRNAME
 from lib_training.lora.io import load_lora
+from lib_training.train.full import METHOD as FULL
 from lib_training.train.loop import train
 from lib_training.webui.dataset.class_images import ClassImageSettings, GenerationRequest, generate_class_images
 from concepts import TRIGGER, Concept
@@ -116,14 +117,25 @@ def engine_config(m: Method, dataset: Path, out: Path, seed: int, save_every_ste
     c.train.save_every_epochs = save_every_steps // per_epoch
     c.output.output_dir, c.output.name, c.output.save_dtype = str(out), f"{m.name}_s{seed}", "fp32"
     c.output.overwrite, c.output.runs_dir = True, str(out / "runs")
+    if m.full:  # the toy's checkpoint is written in its fixture's layout (QualityAdapter.original_layout_state_dict)
+        c.network.method = FULL
+        c.output.extract_lora_rank, c.output.extract_lora_dir = m.extract_rank, str(out / "Lora")
     return c
 
 def train_lora(model: QualityAdapter, m: Method, dataset: Path, out: Path, seed: int,
                save_every_steps: int = 0) -> tuple[list[Path], float]:
-    """Trains through the engine; returns the files (every `save_every_steps`, then the final one) and seconds."""
+    """Trains through the engine; returns the files (every `save_every_steps`, then the final one) and seconds.
+    A full fine-tune's files are checkpoints (`model_from_tensors` reads them)."""
+    files, _, seconds = train_run(model, m, dataset, out, seed, save_every_steps)
+    return files, seconds
+
+
+def train_run(model: QualityAdapter, m: Method, dataset: Path, out: Path, seed: int,
+              save_every_steps: int = 0) -> tuple[list[Path], Path | None, float]:
+    """`train_lora`, and the LoRA a full fine-tune extracted (None without one)."""
     started = time.monotonic()
     result = train(engine_config(m, dataset, out, seed, save_every_steps), model)
-    return result.files, time.monotonic() - started
+    return result.files, result.extracted_lora, time.monotonic() - started
 
 
 
@@ -148,23 +160,46 @@ def run_line(line: Line) -> list[tuple[int, Scores]]:
     torch.set_flush_denormal(True)
     model, judge = load_base(), load_judge()
     every = reduce(math.gcd, line.steps) if len(line.steps) > 1 else 0
-    files, seconds = train_lora(model, line.method, line.dataset, line.out, line.seed, every)
+    files, extracted, seconds = train_run(model, line.method, line.dataset, line.out, line.seed, every)
     results = []
     for path in files:
         tensors, meta = load_lora(path)
         step = int(meta["ss_steps"])
         if step in line.steps:
-            network = lora_network(model, tensors, line.method, str(path))
-            scores = score_network(model, judge, network, line.sizes, line.base_seen, line.concept)
+            scores = score_file(model, judge, line, tensors, str(path), last=path == files[-1])
             scores.train_seconds = seconds
-            if line.ablate and path == files[-1]:
-                scores.extra = score_parts(model, judge, network, tensors, line.sizes, line.base_seen, line.concept)
+            if extracted is not None and path == files[-1]:
+                scores.extra |= score_extracted(model, judge, line, extracted)
             results.append((step, scores))
             m = line.method
             print(f"[{time.strftime('%H:%M:%S')}] {line.concept.name} {m.name} lr {m.unet_lr:g} seed {line.seed} step {step}: fidelity "
                   f"{scores.fidelity:.3f} seen {scores.seen_accuracy:.3f} leakage {scores.leakage:.3f} "
                   f"(train {seconds:.0f}s)", flush=True)
     return results
+
+
+def score_file(model: QualityAdapter, judge, line: Line, tensors: dict[str, torch.Tensor], source: str,
+               last: bool) -> Scores:
+    """Scores of one kept file: a full fine-tune's checkpoint loaded as a model of its own, a LoRA on the base
+    (the run's `last` one also with each part switched off, when the line ablates)."""
+    if line.method.full:
+        return score(model_from_tensors(tensors), judge, line.sizes, line.base_seen, line.concept)[0]
+    network = lora_network(model, tensors, line.method, source)
+    scores = score_network(model, judge, network, line.sizes, line.base_seen, line.concept)
+    if line.ablate and last:
+        scores.extra = score_parts(model, judge, network, tensors, line.sizes, line.base_seen, line.concept)
+    return scores
+
+
+def score_extracted(model: QualityAdapter, judge, line: Line, path: Path) -> dict[str, dict]:
+    """{"extracted LoRA rank r": scores} of the LoRA the engine extracted from a full fine-tune, on the base."""
+    m = line.method
+    shape = replace(m, full=False, rank=m.extract_rank, alpha=float(m.extract_rank), conv_rank=0)
+    tensors, _ = load_lora(path)
+    s = score_network(model, judge, lora_network(model, tensors, shape, str(path)), line.sizes, line.base_seen,
+                      line.concept)
+    return {f"extracted LoRA rank {m.extract_rank}": {"fidelity": s.fidelity, "seen_accuracy": s.seen_accuracy,
+                                                       "leakage": s.leakage, "pixel_change": s.pixel_change}}
 
 
 def line_cost(line: Line) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -103,6 +103,12 @@ class QualityAdapter(DiffusersAdapter):
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
         return self.tokenizer(prompts).to(self.device)
 
+    def original_layout_state_dict(self, value: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+                                   ) -> dict[str, torch.Tensor]:
+        """The toy has no ldm original (its "VAE" is a box filter, not a diffusers VAE): its single file is the
+        fixture's layout, so a full fine-tune writes a file like base.safetensors (`model_from_tensors` reads it)."""
+        return base_tensors(self, value)
+
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(pixels.to(self.device, torch.float32), LATENT_DOWNSCALE).to(self.dtype)
@@ -116,6 +122,14 @@ def load_base(check_hash: bool = True) -> QualityAdapter:
     from lib_training.demo.fixtures_io import FIXTURES, load_fixture, sha256
 
     tensors, meta = load_fixture(BASE_FILE)
+    info = ModelInfo(family="sd1", prediction_type=EPSILON, name=BASE_FILE, sha256=sha256(FIXTURES / BASE_FILE),
+                     extra={"quality_bench": meta})
+    return model_from_tensors(tensors, info)
+
+
+def model_from_tensors(tensors: dict[str, torch.Tensor], info: ModelInfo | None = None) -> QualityAdapter:
+    """The toy model holding `tensors` in the fixture's layout (`base_tensors`): the base fixture, or the
+    checkpoint a full fine-tune of it wrote (`QualityAdapter.original_layout_state_dict`)."""
     unet, text_encoder = build_modules()
     unet.load_state_dict({k[len("unet."):]: v for k, v in tensors.items() if k.startswith("unet.")})
     te_state = {k[len("te."):]: v for k, v in tensors.items() if k.startswith("te.")}
@@ -123,11 +137,9 @@ def load_base(check_hash: bool = True) -> QualityAdapter:
         te_state = {k.removeprefix("text_model."): v for k, v in te_state.items()}
     missing, unexpected = text_encoder.load_state_dict(te_state, strict=False)
     if unexpected or [m for m in missing if not m.endswith("position_ids")]:
-        raise RuntimeError(f"base fixture does not match the architecture: {missing} {unexpected}")
+        raise RuntimeError(f"tensors do not match the toy model's architecture: {missing} {unexpected}")
     for m in (unet, text_encoder):
         m.requires_grad_(False).eval()
-    info = ModelInfo(family="sd1", prediction_type=EPSILON, name=BASE_FILE, sha256=sha256(FIXTURES / BASE_FILE),
-                     extra={"quality_bench": meta})
     return QualityAdapter(unet, text_encoder, info)
 
 
@@ -224,9 +236,13 @@ def train_base(s: BaseTrainSettings, log=print, on_snapshot=None) -> tuple[Quali
     return QualityAdapter(ema[0], ema[1]), time.monotonic() - started, s.stop_after or s.steps
 
 
-def base_tensors(model: QualityAdapter) -> dict[str, torch.Tensor]:
-    out = {f"unet.{k}": v for k, v in model.unet().state_dict().items()}
+def base_tensors(model: QualityAdapter, value: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+                 ) -> dict[str, torch.Tensor]:
+    """The model's weights in the fixture's layout; `value` maps each weight to what is written (the
+    full fine-tune's trained value, looked up by the parameter itself)."""
+    out = {f"unet.{k}": value(v).detach() for k, v in model.unet().state_dict(keep_vars=True).items()}
     te = model.text_encoder()
     level = "" if hasattr(te, "text_model") else "text_model."  # the fixture keeps transformers 4's names
-    out.update({f"te.{level}{k}": v for k, v in te.state_dict().items() if not k.endswith("position_ids")})
+    out.update({f"te.{level}{k}": value(v).detach() for k, v in te.state_dict(keep_vars=True).items()
+                if not k.endswith("position_ids")})
     return out
