@@ -86,3 +86,19 @@ def test_a_sample_neither_reuses_nor_leaves_a_cached_cond(a1111, tmp_path):
     assert a1111.seen["closed"] == 2  # closed also when the sample failed
     assert len(a1111.notes) == 1 and "NaN" in a1111.notes[0]
     assert (tmp_path / "run" / "samples" / "000005-0.png").is_file()
+
+
+def test_a_webui_run_without_a_sample_interval_passes_validation_and_samples_only_at_the_end(a1111, tmp_path,
+                                                                                            monkeypatch):
+    """A run that asks for no intermediate samples still gets the final one (the card's preview); the
+    stand-in interval must stay within LIMITS, or every API start with default settings answers 400."""
+    monkeypatch.setattr(a1111.runtime, "lora_dir", lambda: tmp_path / "Lora")
+    monkeypatch.setattr(a1111.runtime, "runs_dir", lambda: tmp_path / "runs")
+    requested = config_in(tmp_path)
+    requested = dataclasses.replace(requested, data=dataclasses.replace(requested.data, train_dir=str(tmp_path)))
+    config = a1111.runtime.for_webui(requested).validate()
+    t = config.train
+    assert t.sample_prompts == ["run"] and t.sample_every_steps > 0
+    total = 40
+    sampled = [s for s in range(1, total + 1) if s % t.sample_every_steps == 0 or s == total]
+    assert sampled == [total]

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ...config import TrainConfig
+from ...config import LIMITS, TrainConfig
 from ...data.preflight import PreflightReport
 from ...fileio import atomic_write_bytes
 from ...train import events as ev
@@ -97,8 +97,8 @@ def for_webui(config: TrainConfig) -> TrainConfig:
     train = config.train
     if not train.sample_prompts:  # a final sample is the card's preview
         train = dataclasses.replace(train, sample_prompts=[config.output.trigger_word or config.output.name])
-    if not train.sample_every_steps:
-        train = dataclasses.replace(train, sample_every_steps=10**9)  # only the final one
+    if not train.sample_every_steps:  # only the final one; within LIMITS, or every request would fail validation
+        train = dataclasses.replace(train, sample_every_steps=LIMITS["train.sample_every_steps"])
     return dataclasses.replace(config, output=output, train=train)
 
 
