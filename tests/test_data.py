@@ -20,7 +20,7 @@ except ImportError:  # the "current" environment has no scikit-image: synthetic 
 
 from lib_training.data import images as images_mod
 from lib_training.data.buckets import assign_bucket, make_buckets
-from lib_training.data.captions import process_caption, split_tags
+from lib_training.data.captions import cap_caption, process_caption, split_tags
 from lib_training.data.folders import (
     decode_text,
     parse_subset_name,
@@ -598,3 +598,15 @@ def test_caption_settings_are_validated():
         process_caption(CAPTION, random.Random(0), True, 0, 1.5)
     with pytest.raises(SettingsError):
         process_caption(CAPTION, random.Random(0), True, 0, 0.0, tag_dropout_rate=-0.1)
+
+
+def test_cap_caption_keeps_the_longest_run_of_whole_leading_tags_within_the_limit():
+    words = lambda text: len(text.split())  # noqa: E731 - a token counter: one token per word
+    tags = ", ".join(f"tag number {i}" for i in range(3000))  # 9,000 "tokens", as scraped booru captions come
+    capped = cap_caption(tags, words, 225)
+    assert capped == ", ".join(f"tag number {i}" for i in range(75))  # 75 whole tags = 225 tokens
+    assert cap_caption("short, caption", words, 225) == "short, caption"  # within the limit: unchanged
+    one_long_tag = " ".join(["word"] * 300)  # no separator: cut between words
+    assert cap_caption(one_long_tag, words, 225) == " ".join(["word"] * 225)
+    chars = lambda text: len(text)  # noqa: E731 - no tag or word fits: cut between characters
+    assert cap_caption("abcdefghij, klm", chars, 4) == "abcd"

@@ -215,3 +215,21 @@ def test_sd2_ldm_trains_unet_only_with_v_prediction(ldm_folder, photo_dataset, t
     assert all(k.startswith("lora_unet_") for k in tensors)
     # SD2 UNets project with Linear layers; the saved proj_in is 2-D.
     assert tensors["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"].dim() == 2
+
+
+def test_a_caption_over_three_chunks_reaches_the_text_encoder_cut_at_a_tag(sd1_ldm, monkeypatch):
+    """A1111's wrapper would encode every 75-token chunk of a scraped 3,000-tag caption (memory
+    without bound); the adapter hands it at most MAX_PROMPT_TOKENS tokens, ending on a whole tag."""
+    from lib_training.webui.backend.ldm_adapter import MAX_PROMPT_TOKENS
+
+    seen: list = []
+    wrapper = sd1_ldm.cond_stage_model
+    encode = wrapper.forward
+    monkeypatch.setattr(wrapper, "forward", lambda prompts: (seen.extend(prompts), encode(prompts))[1])
+    long_caption = ", ".join(f"blue sky {i}" for i in range(3000))
+    adapter_for(sd1_ldm).encode_prompts([long_caption, "a photo of sks"])
+    count = lambda text: len(load_clip_tokenizer()(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    capped, short = seen
+    assert short == "a photo of sks"
+    assert long_caption.startswith(capped) and long_caption[len(capped)] == ","
+    assert MAX_PROMPT_TOKENS - 10 < count(capped) <= MAX_PROMPT_TOKENS

@@ -7,6 +7,7 @@ the global `random` state (shared with the WebUI) is left alone.
 from __future__ import annotations
 
 import random
+from typing import Callable, Sequence
 
 from lib_training.errors import SettingsError
 
@@ -48,6 +49,41 @@ def process_caption(
 def split_tags(caption: str, separator: str = ",") -> list[str]:
     """Stripped, non-empty tags of a caption ("a, , b" -> ["a", "b"])."""
     return [tag.strip() for tag in caption.split(separator) if tag.strip()]
+
+
+def cap_caption(caption: str, count_tokens: Callable[[str], int], limit: int, separator: str = ",") -> str:
+    """The longest run of whole leading tags (else words, else characters) within `limit` tokens.
+
+    A1111's prompt wrapper encodes a prompt of any length in 75-token chunks, each a full text-encoder
+    pass kept for the backward: a scraped caption with thousands of tags grows memory without bound.
+    Cutting at a tag keeps what the caption means up to that point, as kohya's max_token_length does
+    (which cuts mid-word). A caption within the limit is returned unchanged.
+    """
+    if count_tokens(caption) <= limit:
+        return caption
+    for cuts in (_cut_points(caption, separator), _cut_points(caption, " "), range(1, len(caption))):
+        prefix = _longest_prefix(caption, cuts, count_tokens, limit)
+        if prefix:
+            return prefix
+    return ""
+
+
+def _cut_points(text: str, separator: str) -> list[int]:
+    """Positions where a separator starts: text[:i] is a prefix of whole pieces."""
+    return [i for i in range(1, len(text)) if text.startswith(separator, i)]
+
+
+def _longest_prefix(text: str, cuts: Sequence[int], count_tokens: Callable[[str], int], limit: int) -> str:
+    """Binary search over cut points: a longer prefix never has fewer tokens."""
+    low, high, best = 0, len(cuts) - 1, ""
+    while low <= high:
+        middle = (low + high) // 2
+        prefix = text[:cuts[middle]].strip()
+        if count_tokens(prefix) <= limit:
+            best, low = prefix, middle + 1
+        else:
+            high = middle - 1
+    return best
 
 
 def _check_rates(keep_tokens: int, dropout_rate: float, tag_dropout_rate: float, separator: str) -> None:

@@ -391,8 +391,9 @@ def _issues(found: dict[str, list[AffectedFile]], resolution: int, trigger: str)
                                    "caption or delete the empty file."),
         "trigger_missing": (WARNING, f"The caption does not contain the trigger word '{trigger}', so these "
                                      "images do not teach it. Use 'Prefix trigger word' in the caption tools."),
-        "caption_too_long": (WARNING, f"Longer than CLIP's {CLIP_WINDOW}-token window: the words past it are "
-                                      "cut off in training. Shorten the captions (drop repeated or weak tags)."),
+        "caption_too_long": (WARNING, f"Longer than CLIP's {CLIP_WINDOW}-token window: the CLI cuts the words "
+                                      "past it; in the WebUI, as in txt2img, up to 225 tokens count (the rest is "
+                                      "cut at a tag). Shorten the captions (drop repeated or weak tags)."),
         "caption_not_utf8": (WARNING, "Not saved as UTF-8: LoRA Studio guesses the encoding, but kohya "
                                       "sd-scripts reads UTF-8 only and accents may come out wrong. Check the "
                                       "text and re-save it as UTF-8 (saving it in the caption editor does)."),

@@ -9,17 +9,37 @@ hijacked one (where `cond_stage_model` is A1111's prompt wrapper).
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
+from ...data.captions import cap_caption
+from ...data.health import clip_token_counter
 from ...errors import CheckpointError
 from ...lora.targets import TEXT_ENCODER_PREFIX
 from ...models.adapter import EPSILON, V_PREDICTION, ModelInfo, SizeConditioning
 from ...models.fp8 import compute_dtype
 from ...train.cpu_autocast import cuda_like_norms
 from .ldm_names import named_unet_modules
+
+
+MAX_PROMPT_TOKENS = 225  # three of A1111's 75-token chunks, kohya's longest max_token_length
+
+
+def capped_prompts(prompts: Sequence[str]) -> list[str]:
+    """Captions as A1111's prompt wrapper gets them: cut at a tag after MAX_PROMPT_TOKENS tokens.
+
+    The wrapper encodes any length in 75-token chunks; a scraped caption of 3,000 tags became 120
+    text-encoder passes held for the backward and took the WebUI process past 24 GB."""
+    count = _token_counter()
+    return [cap_caption(prompt, count, MAX_PROMPT_TOKENS) for prompt in prompts]
+
+
+@lru_cache(maxsize=1)
+def _token_counter() -> Callable[[str], int]:
+    return clip_token_counter()[0]
 
 
 def ldm_family(sd_model) -> str:
@@ -156,7 +176,7 @@ class LdmAdapter:
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         # In A1111 this is its prompt wrapper: clip skip, (emphasis:1.1), embeddings and
         # prompts over 75 tokens behave exactly as in txt2img.
-        cond = self.sd_model.cond_stage_model(list(prompts))
+        cond = self.sd_model.cond_stage_model(capped_prompts(prompts))
         return cond.to(self.device)
 
     def predict(self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,

@@ -26,7 +26,7 @@ from torch import nn
 from ...errors import CheckpointError
 from ...models.adapter import ModelInfo, SizeConditioning
 from ...models.sdxl_backend import encode_with_fp32_fallback
-from .ldm_adapter import LdmAdapter
+from .ldm_adapter import LdmAdapter, capped_prompts
 
 SIZE_KEYS = ("original_size_as_tuple", "crop_coords_top_left", "target_size_as_tuple")
 DEFAULT_SIZE = 1024
@@ -81,7 +81,7 @@ class SgmAdapter(LdmAdapter):
         return sum(2 * int(e.outdim) for e in self._size_embedders)
 
     def encode_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        cond = self.sd_model.conditioner(self._batch(list(prompts)))
+        cond = self.sd_model.conditioner(self._batch(capped_prompts(prompts)))
         vector = cond["vector"]
         return {"context": cond["crossattn"].to(self.device),
                 "pooled": vector[:, :vector.shape[1] - self._size_width()].to(self.device)}
