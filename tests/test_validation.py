@@ -17,6 +17,7 @@ from lib_training.lora.io import load_lora
 from lib_training.lora.metadata import VALIDATION_LOSS_KEY
 from lib_training.train import events as ev
 from lib_training.train import validation as val
+from lib_training.train.validation_log import VALIDATION_LOG
 from lib_training.train.loop import train
 from lib_training.train.plan import make_plan
 
@@ -111,7 +112,7 @@ def test_schedule_log_events_and_file_metadata(sd1_model, four_photos, tmp_path)
     assert [(e.step, e.loss) for e in events] == result.validation
     assert [e.epoch for e in events] == [0, 1, 1, 2, 2]
     logged = [json.loads(line) for line in (tmp_path / "o" / "lora_studio_runs" / "test_lora" /
-                                            val.VALIDATION_LOG).read_text().splitlines()]
+                                            VALIDATION_LOG).read_text().splitlines()]
     assert [(r["step"], r["val_loss"]) for r in logged] == result.validation
     by_step = dict(result.validation)
     for path in result.files:  # epochs 1 and 2 (steps 3 and 6), the final file (step 7)
@@ -142,18 +143,32 @@ def test_compare_reads_the_validation_log_beside_the_loss_log(tmp_path):
 
     from lib_training.compare import curves
 
-    assert curves.VALIDATION_FILE == val.VALIDATION_LOG
     run = tmp_path / "runs" / "v1"
     run.mkdir(parents=True)
     (run / curves.LOG_FILE).write_text("".join(json.dumps({"step": s, "loss": 0.3}) + "\n" for s in range(1, 11)))
     lines = [{"step": 0, "epoch": 0, "val_loss": 0.5}, {"step": 5, "epoch": 1, "val_loss": 0.2},
              {"step": 10, "epoch": 2, "val_loss": 0.25}]
-    (run / curves.VALIDATION_FILE).write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 11, "va')
+    (run / VALIDATION_LOG).write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 11, "va')
     series = curves.read_loss_log(run)
     assert series.validation == ((0, 0.5), (5, 0.2), (10, 0.25)) and series.lowest_validation == (5, 0.2)
     with_val = np.asarray(curves.draw_loss_chart([series], size=(640, 400)))
     without = np.asarray(curves.draw_loss_chart([dataclasses.replace(series, validation=())], size=(640, 400)))
     assert (with_val != without).any()  # the validation line and its dots are drawn
+
+
+def test_compare_reads_the_validation_log_without_loading_torch(tmp_path):
+    """Compare and the run list read the log in a process that has not loaded the engine (or torch)."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text(json.dumps({"step": 1, "loss": 0.3}) + "\n")
+    (run / VALIDATION_LOG).write_text(json.dumps({"step": 1, "epoch": 1, "val_loss": 0.2}) + "\n")
+    code = ("import sys; from lib_training.compare import curves; "
+            f"print(curves.read_loss_log({str(run)!r}).validation, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["((1,", "0.2),)", "False"]
 
 
 def test_the_train_tabs_status_carries_the_validation_loss_for_its_chart(photo_dataset, tmp_path):

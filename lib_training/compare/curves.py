@@ -21,11 +21,11 @@ from typing import Sequence
 from PIL import Image, ImageDraw
 
 from ..errors import SettingsError
+from ..train.validation_log import read_log
 from .text import BACKGROUND, INK, PAD, draw_lines, line_height, put_text, text_width
 
 RUNS_FOLDER = "lora_studio_runs"
 LOG_FILE = "log.jsonl"  # = train/loop.py's LOG_FILE (a test checks); not imported, that would load torch
-VALIDATION_FILE = "validation.jsonl"  # = train/validation.py's VALIDATION_LOG (a test checks), for the same reason
 DEFAULT_EMA_WEIGHT = 0.95
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
@@ -100,23 +100,7 @@ def read_loss_log(path: Path, name: str | None = None, ema_weight: float = DEFAU
     losses = [by_step[s] for s in steps]
     run_name = name or (log.parent.name if log.name == LOG_FILE else log.stem)
     return LossSeries(run_name, log, tuple(steps), tuple(losses), tuple(ema(losses, ema_weight)), skipped,
-                      read_validation(log.parent / VALIDATION_FILE))
-
-
-def read_validation(path: Path) -> tuple[tuple[int, float], ...]:
-    """(step, validation loss) pairs of a run's validation log, sorted; none when there is no log."""
-    if not path.is_file():
-        return ()
-    by_step: dict[int, float] = {}
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-            step, loss = int(record["step"]), float(record["val_loss"])
-        except (ValueError, KeyError, TypeError):
-            continue
-        if math.isfinite(loss):
-            by_step[step] = loss
-    return tuple(sorted(by_step.items()))
+                      tuple(read_log(log.parent)))
 
 
 def read_runs(folder: Path, names: Sequence[str], ema_weight: float = DEFAULT_EMA_WEIGHT) -> list[LossSeries]:

@@ -26,6 +26,7 @@ from ..models.conditioning import split_rows, stack_rows
 from ..seeding import derived_seed, generator
 from . import events as ev
 from . import validation as val
+from . import validation_log as val_log
 from .cpu_autocast import cuda_like_norms
 from .cpu_tuning import tuned_layers
 from .distributed import Ranks, any_rank, current, share_latents, sum_gradients, summed
@@ -368,8 +369,8 @@ class _Trainer:
         """A fresh run's log starts empty with the loss before training; a resumed one keeps its lines."""
         if self.validator:
             if self.writes:
-                val.truncate_log(self.plan.run_dir, step)
-            self.validation = val.read_log(self.plan.run_dir)
+                val_log.truncate_log(self.plan.run_dir, step)
+            self.validation = val_log.read_log(self.plan.run_dir)
             if step == 0:
                 self._validate(0, 0)
 
@@ -377,7 +378,7 @@ class _Trainer:
         loss = self.validator.loss(self._predict)
         self.validation.append((step, loss))
         if self.writes:
-            val.append_log(self.plan.run_dir, step, epoch, loss)
+            val_log.append_log(self.plan.run_dir, step, epoch, loss)
         self.emit(ev.Validated(step, epoch, loss))
 
     def _conditioning(self, captions: list[str]) -> torch.Tensor:

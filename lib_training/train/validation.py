@@ -13,7 +13,6 @@ run trains the same with and without validation.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +24,10 @@ from ..config import TrainConfig, ValidationSettings
 from ..data.dataset import LatentCache, Sample, size_conditioning
 from ..data.folders import ImageItem, scan_dataset
 from ..errors import DatasetError
-from ..fileio import atomic_write_text
 from ..models.adapter import ModelAdapter
 from ..seeding import derived_seed, generator
 from .loss import add_noise, per_sample_mse, target_for
 
-VALIDATION_LOG = "validation.jsonl"
 
 # (noisy latents, timesteps, captions, size conditioning) -> the model's prediction (the trainer's own path)
 Predict = Callable[[torch.Tensor, torch.Tensor, list, list], torch.Tensor]
@@ -146,40 +143,3 @@ def make_validator(config: TrainConfig, samples: list[Sample], model: ModelAdapt
                         to_disk=config.data.cache_latents_to_disk)
     return Validator(config, samples, cache, model.alphas_cumprod, model.info.prediction_type, model.device,
                      config.train.batch_size)
-
-
-# ---- the run's validation log --------------------------------------------------------------------
-def append_log(run_dir: Path, step: int, epoch: int, loss: float) -> None:
-    with open(run_dir / VALIDATION_LOG, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"step": step, "epoch": epoch, "val_loss": loss}) + "\n")
-
-
-def read_log(run_dir: Path, upto: int | None = None) -> list[tuple[int, float]]:
-    """(step, validation loss) of a run, the later line winning for a repeated step (a resumed run)."""
-    path = Path(run_dir) / VALIDATION_LOG
-    if not path.is_file():
-        return []
-    by_step: dict[int, float] = {}
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-            step, loss = int(record["step"]), float(record["val_loss"])
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut by a crash
-        if upto is None or step <= upto:
-            by_step[step] = loss
-    return sorted(by_step.items())
-
-
-def truncate_log(run_dir: Path, step: int) -> None:
-    """Keep the lines up to `step` (a resumed run's saved point; none for a fresh run)."""
-    path = Path(run_dir) / VALIDATION_LOG
-    kept = []
-    if step > 0 and path.is_file():
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                if int(json.loads(line)["step"]) <= step:
-                    kept.append(line + "\n")
-            except (ValueError, KeyError, TypeError):
-                continue
-    atomic_write_text(path, "".join(kept))
