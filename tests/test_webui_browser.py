@@ -44,9 +44,8 @@ pytestmark = [
 ]
 
 from conftest import write_photos  # noqa: E402
-from webui_server import WebUI, link_extension  # noqa: E402
+from webui_server import ARTIFACTS, running_webui  # noqa: E402
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
 SHOTS = ARTIFACTS / "browser"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -60,17 +59,9 @@ UI_TIMEOUT_MS = 60_000
 
 @pytest.fixture(scope="module")
 def webui():
-    root = Path(WEBUI_DIR)
-    link_extension(root)
     SHOTS.mkdir(parents=True, exist_ok=True)
-    server = WebUI(root, ARTIFACTS / "webui_browser.log")
-    try:
-        server.wait_ready()
-        # Sample images (the .preview.png written at the end) with one sampling step.
-        server.post("/sdapi/v1/options", {"lora_studio_sample_steps": 1})
+    with running_webui("webui_browser.log") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

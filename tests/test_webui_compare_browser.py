@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -44,7 +43,7 @@ pytestmark = [
 
 from conftest import write_photos  # noqa: E402
 from test_webui_compare_live import TRIGGER, remove_run, tiny_clip_folder, train_epochs  # noqa: E402
-from webui_server import WebUI, link_extension  # noqa: E402
+from webui_server import running_webui  # noqa: E402
 
 if sync_playwright is not None:
     from playwright.sync_api import expect
@@ -54,18 +53,11 @@ GENERATE_TIMEOUT_MS = 900_000
 
 @pytest.fixture(scope="module")
 def webui(tmp_path_factory):
-    root = Path(WEBUI_DIR)
-    link_extension(root)
     (ARTIFACTS / "browser").mkdir(parents=True, exist_ok=True)
     clip = tiny_clip_folder(tmp_path_factory.mktemp("tiny_clip"))
-    server = WebUI(root, ARTIFACTS / "webui_compare_browser.log")
-    try:
-        server.wait_ready()
-        server.post("/sdapi/v1/options", {"lora_studio_sample_steps": 1, "lora_studio_clip_model": str(clip),
-                                          "lora_studio_compare_dir": str(tmp_path_factory.mktemp("compare"))})
+    options = {"lora_studio_clip_model": str(clip), "lora_studio_compare_dir": str(tmp_path_factory.mktemp("compare"))}
+    with running_webui("webui_compare_browser.log", options) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

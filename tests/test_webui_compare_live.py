@@ -34,9 +34,8 @@ pytestmark = pytest.mark.skipif(
                           "(prepared as in README, 'Testing against a real WebUI')")
 
 from conftest import write_photos  # noqa: E402
-from webui_server import WebUI, link_extension  # noqa: E402
+from webui_server import ARTIFACTS, WebUI, running_webui  # noqa: E402
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
 TRIGGER = "sks"
 PROMPT = "a photo of sks cat"
 SETTINGS = {"width": 64, "height": 64, "steps": 1, "cfg_scale": 1, "sampler": "Euler"}  # = WebUI.txt2img
@@ -103,18 +102,10 @@ def pixels(image) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def webui(tmp_path_factory):
-    root = Path(WEBUI_DIR)
-    link_extension(root)
-    ARTIFACTS.mkdir(exist_ok=True)
     clip = tiny_clip_folder(tmp_path_factory.mktemp("tiny_clip"))
-    server = WebUI(root, ARTIFACTS / "webui_compare_live.log")
-    try:
-        server.wait_ready()
-        server.post("/sdapi/v1/options", {"lora_studio_sample_steps": 1, "lora_studio_clip_model": str(clip),
-                                          "lora_studio_compare_dir": str(tmp_path_factory.mktemp("compare"))})
+    options = {"lora_studio_clip_model": str(clip), "lora_studio_compare_dir": str(tmp_path_factory.mktemp("compare"))}
+    with running_webui("webui_compare_live.log", options) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

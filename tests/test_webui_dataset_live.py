@@ -37,9 +37,8 @@ from conftest import write_photos  # noqa: E402
 import test_webui_browser as browser_helpers  # noqa: E402
 from test_webui_browser import (CHROMIUM, CHROMIUM_ARGS, HOW, main_tab, shot,  # noqa: E402
                                 sync_playwright, text_input)
-from webui_server import WebUI, link_extension  # noqa: E402
+from webui_server import ARTIFACTS, running_webui  # noqa: E402
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
 SHOTS = ARTIFACTS / "browser"
 UI_TIMEOUT_MS = 120_000
 JOB_TIMEOUT_MS = 600_000
@@ -56,20 +55,9 @@ def datasets_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def webui(datasets_dir):
     """A1111 with the datasets folder pointed at a temporary folder (the old value is put back)."""
-    root = Path(WEBUI_DIR)
-    link_extension(root)
     SHOTS.mkdir(parents=True, exist_ok=True)
-    server = WebUI(root, ARTIFACTS / "webui_dataset_live.log")
-    try:
-        server.wait_ready()
-        before = server.get("/sdapi/v1/options").get("lora_studio_datasets_dir", "")
-        server.post("/sdapi/v1/options", {"lora_studio_datasets_dir": str(datasets_dir)})
-        try:
-            yield server
-        finally:
-            server.post("/sdapi/v1/options", {"lora_studio_datasets_dir": before})
-    finally:
-        server.stop()
+    with running_webui("webui_dataset_live.log", {"lora_studio_datasets_dir": str(datasets_dir)}) as server:
+        yield server
 
 
 # ---- class images through A1111's processing ---------------------------------------------------

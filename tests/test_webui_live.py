@@ -22,24 +22,15 @@ pytestmark = pytest.mark.skipif(
                           "(prepared as in README, 'Testing against a real WebUI')")
 
 from conftest import write_photos  # noqa: E402
-from webui_server import WebUI, link_extension  # noqa: E402
+from webui_server import ARTIFACTS, WebUI, running_webui  # noqa: E402
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
 SD15_MODULES = 264  # 192 UNet + 72 text-encoder modules of kohya's networks.lora
 
 
 @pytest.fixture(scope="module")
-def webui(tmp_path_factory):
-    root = Path(WEBUI_DIR)
-    link_extension(root)
-    ARTIFACTS.mkdir(exist_ok=True)
-    server = WebUI(root, ARTIFACTS / "webui_live.log")
-    try:
-        server.wait_ready()
-        server.post("/sdapi/v1/options", {"lora_studio_sample_steps": 1})
+def webui():
+    with running_webui("webui_live.log") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -26,25 +26,16 @@ HOW = ("set WEBUI_DIR=/path/to/stable-diffusion-webui (prepared as in README, 'T
 pytestmark = pytest.mark.skipif(not WEBUI_DIR, reason="needs a real A1111 (WEBUI_DIR unset); " + HOW)
 
 from bad_inputs import build_corpus  # noqa: E402
-from webui_server import WebUI, link_extension  # noqa: E402
+from webui_server import ARTIFACTS, running_webui  # noqa: E402
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 TRAIN_TIMEOUT_S = 900
 
 
 @pytest.fixture(scope="module")
 def webui():
-    root = Path(WEBUI_DIR)
-    link_extension(root)
-    ARTIFACTS.mkdir(exist_ok=True)
-    server = WebUI(root, ARTIFACTS / "webui_preflight_live.log")
-    try:
-        server.wait_ready()
-        server.post("/sdapi/v1/options", {"lora_studio_sample_steps": 1})
+    with running_webui("webui_preflight_live.log") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

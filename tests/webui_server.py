@@ -16,9 +16,12 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(__file__).parent / "artifacts"
 AUTH = ("tester", "s3cret")
 
 
@@ -46,6 +49,29 @@ def checkpoint_of(webui: Path) -> Path:
         raise RuntimeError("No .safetensors checkpoint in models/Stable-diffusion: make one with "
                            "`python tools/random_checkpoint.py --out <WEBUI_DIR>/models/Stable-diffusion/random-sd15.safetensors`.")
     return found[0]
+
+
+@contextmanager
+def running_webui(log_name: str, options: dict | None = None) -> Iterator["WebUI"]:
+    """A1111 from WEBUI_DIR with this checkout linked in, booted and ready, with `options` set (their
+    old values put back afterwards); stopped on exit. The console log goes to artifacts/<log_name>."""
+    root = Path(os.environ["WEBUI_DIR"])
+    link_extension(root)
+    ARTIFACTS.mkdir(exist_ok=True)
+    server = WebUI(root, ARTIFACTS / log_name)
+    try:
+        server.wait_ready()
+        options = {"lora_studio_sample_steps": 1, **(options or {})}  # samples with one sampling step
+        current = server.get("/sdapi/v1/options")
+        before = {key: current.get(key, "") for key in options}
+        server.post("/sdapi/v1/options", options)
+        try:
+            yield server
+        finally:
+            if server.process.poll() is None:  # A1111 keeps options in its config.json
+                server.post("/sdapi/v1/options", before)
+    finally:
+        server.stop()
 
 
 class WebUI:
