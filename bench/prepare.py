@@ -3,7 +3,8 @@
 Run by run_bench.py with our Python:
 
     python bench/prepare.py dataset <dir>           # kohya folder <dir>/1_sks photo/*.png + .txt
-    python bench/prepare.py kohya-tokenizer <dir>   # <dir>/openai_clip-vit-large-patch14 for --tokenizer_cache_dir
+    python bench/prepare.py kohya-tokenizer <dir>   # kohya's --tokenizer_cache_dir: <dir>/openai_clip-vit-large-patch14
+                                                    # and (SDXL) <dir>/laion_CLIP-ViT-bigG-14-laion2B-39B-b160k
 
 Both are deterministic and idempotent (an existing complete output is left alone).
 """
@@ -52,20 +53,56 @@ def write_dataset(root: Path) -> Path:
     return folder
 
 
+# kohya's hub names (library/strategy_sdxl.py TOKENIZER1_PATH / TOKENIZER2_PATH); with
+# --tokenizer_cache_dir it loads <dir>/<name with / -> _> (library/strategy_base.py _load_tokenizer).
+CLIP_L = "openai/clip-vit-large-patch14"
+CLIP_BIGG = "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"  # SDXL's second text encoder, OpenCLIP ViT-bigG/14
+
+
+def kohya_tokenizer_dir(cache_dir: Path, hub_name: str) -> Path:
+    return cache_dir / hub_name.replace("/", "_")
+
+
+def _complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in ("vocab.json", "merges.txt", "tokenizer_config.json"))
+
+
 def write_kohya_tokenizer(cache_dir: Path) -> Path:
-    """CLIP's tokenizer where kohya's --tokenizer_cache_dir looks for openai/clip-vit-large-patch14.
+    """The tokenizers kohya loads, in its --tokenizer_cache_dir layout; returns cache_dir.
 
-    Built offline from open_clip's BPE file by our clip_tokenizer (the same vocabulary);
-    model_max_length 77 as in the hub's tokenizer_config.json (kohya reads it as the window).
+    Both are built offline from CLIP's BPE file (our clip_tokenizer's bundled copy of open_clip's
+    `bpe_simple_vocab_16e6.txt.gz`), with model_max_length 77 as in the hub's tokenizer_config.json
+    (kohya reads it as the window). CLIP-L (SD1, SDXL's first encoder) pads with <|endoftext|>.
+    OpenCLIP bigG (SDXL's second encoder) has the same vocabulary and merges; its hub tokenizer
+    differs only in the pad token, "!" (id 0, as open_clip pads), and kohya sets pad_token_id = 0
+    again after loading it.
     """
-    from lib_training.models.clip_tokenizer import load_clip_tokenizer
+    write_clip_tokenizer(kohya_tokenizer_dir(cache_dir, CLIP_L), pad_token="<|endoftext|>")
+    write_clip_tokenizer(kohya_tokenizer_dir(cache_dir, CLIP_BIGG), pad_token="!")
+    return cache_dir
 
-    target = cache_dir / "openai_clip-vit-large-patch14"
-    if (target / "vocab.json").is_file() and (target / "tokenizer_config.json").is_file():
+
+def write_bigg_tokenizer(target: Path) -> Path:
+    """laion/CLIP-ViT-bigG-14-laion2B-39B-b160k's tokenizer."""
+    return write_clip_tokenizer(target, pad_token="!")
+
+
+def write_clip_tokenizer(target: Path, pad_token: str) -> Path:
+    """vocab.json + merges.txt (what kohya's slow CLIPTokenizer reads) and the tokenizer's config:
+    <|startoftext|>/<|endoftext|>, unk <|endoftext|>, `pad_token`, model_max_length 77. An existing
+    complete folder is left alone."""
+    from transformers import CLIPTokenizer
+
+    from lib_training.models.clip_tokenizer import find_bpe_file, write_tokenizer_files
+
+    if _complete(target):
         return target
-    tokenizer = load_clip_tokenizer()
-    tokenizer.model_max_length = 77
-    tokenizer.save_pretrained(str(target))
+    target.mkdir(parents=True, exist_ok=True)
+    write_tokenizer_files(find_bpe_file(), target)
+    tokenizer = CLIPTokenizer.from_pretrained(str(target), pad_token=pad_token, unk_token="<|endoftext|>",
+                                              bos_token="<|startoftext|>", eos_token="<|endoftext|>",
+                                              model_max_length=77)
+    tokenizer.save_pretrained(str(target))  # transformers 5 writes tokenizer.json beside them
     return target
 
 

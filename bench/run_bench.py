@@ -3,14 +3,17 @@
 
     python bench/run_bench.py            # 128 and 256 px, gradient checkpointing off/on, 2 repetitions
     python bench/run_bench.py --quick    # 128 px only, 1 repetition
+    python bench/run_bench.py --family sdxl --checkpoint random-sdxl.safetensors --resolutions 128 256
 
-Our CLI always runs. kohya's train_network.py runs as well when KOHYA_DIR (an sd-scripts
-checkout) and KOHYA_PYTHON (the Python of its environment) are set; see bench/README.md.
+Our CLI always runs. kohya's train_network.py (sdxl_train_network.py with --family sdxl) runs as
+well when KOHYA_DIR (an sd-scripts checkout) and KOHYA_PYTHON (the Python of its environment) are
+set; see bench/README.md.
 OURS_PYTHON picks the Python for our CLI (default: .venv-tests/a1111/bin/python, else this one).
 
 Inputs are built once into bench/.cache/: a random-weight SD1.5 checkpoint (real architecture,
-seed 0, fp16), eight scikit-image photos with captions in kohya layout, and CLIP's tokenizer
-for kohya's --tokenizer_cache_dir. Run outputs and timestamped logs go to bench/out/; the
+seed 0, fp16; SDXL with --family sdxl unless --checkpoint names one), eight scikit-image photos
+with captions in kohya layout, and the CLIP tokenizers (CLIP-L, and OpenCLIP bigG for SDXL) for
+kohya's --tokenizer_cache_dir. Run outputs and timestamped logs go to bench/out/; the
 results to bench/results/bench-<time>.json and .md (the table is also printed).
 
 Only the standard library is used here; the tools themselves run as child processes.
@@ -41,6 +44,7 @@ CACHE = BENCH / ".cache"
 OUT = BENCH / "out"
 RESULTS = BENCH / "results"
 CHECKPOINT = CACHE / "random-sd15-seed0.safetensors"
+SDXL_CHECKPOINT = CACHE / "random-sdxl-seed0.safetensors"
 DATASET = CACHE / "dataset"
 KOHYA_TOKENIZERS = CACHE / "kohya_tokenizers"
 NUM_IMAGES = 8  # bench/prepare.py PHOTOS
@@ -49,6 +53,34 @@ NUM_IMAGES = 8  # bench/prepare.py PHOTOS
 RANK, ALPHA, LR, BATCH, SEED = 16, 16, 1e-4, 1, 42
 STEPS_FULL, STEPS_QUICK = 20, 20
 SKIP_STEPS = 2  # steady step time excludes the first two steps
+
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between the SD1.5 bench and the SDXL one."""
+    name: str  # tools/random_checkpoint.py --family
+    title: str
+    checkpoint: Path  # built on first use when --checkpoint is not given
+    kohya_script: str
+    unet_only: bool  # SDXL: UNet-only LoRA (kohya --network_train_unet_only, ours --unet-only)
+    steps: int
+    grad_ckpt: str  # default --grad-ckpt
+    resolutions: tuple[int, ...]
+    flops: bool  # count FLOPs by default (bench/flops.py: UNet + text-encoder LoRA)
+    webui_options: tuple[tuple[str, object], ...] = ()  # A1111 options for the WebUI case
+    webui_boot_s: float = 600.0
+
+
+FAMILIES = {
+    "sd1": Family("sd1", "SD1.5", CHECKPOINT, "train_network.py", unet_only=False, steps=STEPS_FULL, grad_ckpt="both",
+                  resolutions=(128, 256), flops=True),
+    # The issue: UNet only, gradient checkpointing on, fp32 on the CPU, 10 steps.
+    # Live previews would download vaeapprox-sdxl.pt at the first SDXL image (A1111 ships SD1's only).
+    "sdxl": Family("sdxl", "SDXL", SDXL_CHECKPOINT, "sdxl_train_network.py", unet_only=True, steps=10,
+                   grad_ckpt="on", resolutions=(128,), flops=False,
+                   webui_options=(("live_previews_enable", False),), webui_boot_s=1200.0),
+}
 
 # tqdm's "  7/20 [" - the training bar of both tools (caching bars count images, not steps).
 PROGRESS = re.compile(r"(\d+)/(\d+) \[")
@@ -77,12 +109,14 @@ def kohya_setup() -> tuple[Path, str] | None:
     return kdir_path, kpy
 
 
-def prepare_inputs(py: str, with_kohya: bool) -> None:
+def prepare_inputs(py: str, with_kohya: bool, checkpoint: Path = CHECKPOINT, family: str = "sd1") -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
-    if not CHECKPOINT.is_file():
-        print(f"building {CHECKPOINT.name} (random SD1.5 weights, seed 0) ...", flush=True)
-        subprocess.run([py, str(ROOT / "tools" / "random_checkpoint.py"), "--out", str(CHECKPOINT), "--seed", "0"],
-                       check=True, cwd=ROOT)
+    if not checkpoint.is_file():
+        if checkpoint.resolve() != FAMILIES[family].checkpoint.resolve():
+            sys.exit(f"--checkpoint {checkpoint} does not exist.")
+        print(f"building {checkpoint.name} (random {FAMILIES[family].title} weights, seed 0) ...", flush=True)
+        subprocess.run([py, str(ROOT / "tools" / "random_checkpoint.py"), "--family", family,
+                        "--out", str(checkpoint), "--seed", "0"], check=True, cwd=ROOT)
     subprocess.run([py, str(BENCH / "prepare.py"), "dataset", str(DATASET)], check=True, cwd=ROOT,
                    stdout=subprocess.DEVNULL)
     if with_kohya:
@@ -90,9 +124,9 @@ def prepare_inputs(py: str, with_kohya: bool) -> None:
                        cwd=ROOT, stdout=subprocess.DEVNULL)
 
 
-def warm_caches(pythons: list[tuple[str, Path]]) -> None:
+def warm_caches(pythons: list[tuple[str, Path]], checkpoint: Path = CHECKPOINT) -> None:
     """Same starting point for every run: checkpoint and libraries in the page cache."""
-    with open(CHECKPOINT, "rb") as f:
+    with open(checkpoint, "rb") as f:
         while f.read(1 << 24):
             pass
     for py, cwd in pythons:
@@ -108,23 +142,33 @@ class Config:
     resolution: int
     grad_ckpt: bool
     steps: int
+    family: str = "sd1"
+    checkpoint: Path = CHECKPOINT
 
     @property
     def label(self) -> str:
-        return f"{self.resolution}px gc={'on' if self.grad_ckpt else 'off'}"
+        label = f"{self.resolution}px gc={'on' if self.grad_ckpt else 'off'}"
+        return label if self.family == "sd1" else f"{FAMILIES[self.family].title} {label}"
 
     @property
     def key(self) -> str:
-        return f"{self.resolution}_gc{int(self.grad_ckpt)}"
+        key = f"{self.resolution}_gc{int(self.grad_ckpt)}"
+        return key if self.family == "sd1" else f"{self.family}_{key}"
+
+    @property
+    def unet_only(self) -> bool:
+        return FAMILIES[self.family].unet_only
 
 
 def ours_command(py: str, cfg: Config, out_dir: Path, name: str) -> list[str]:
     cmd = [py, "-m", "lib_training", "train",
-           "--checkpoint", str(CHECKPOINT), "--data", str(DATASET),
+           "--checkpoint", str(cfg.checkpoint), "--data", str(DATASET),
            "--output-dir", str(out_dir), "--name", name,
            "--steps", str(cfg.steps), "--resolution", str(cfg.resolution),
            "--rank", str(RANK), "--alpha", str(ALPHA),
-           "--optimizer", "adamw", "--lr", str(LR), "--te-lr", str(LR),  # kohya: TE lr = lr when unset
+           "--optimizer", "adamw", "--lr", str(LR),
+           # kohya: TE lr = lr when unset; SDXL: UNet only (kohya --network_train_unet_only)
+           *(["--unet-only"] if cfg.unet_only else ["--te-lr", str(LR)]),
            "--scheduler", "constant", "--warmup-steps", "0",
            "--batch-size", str(BATCH), "--seed", str(SEED),
            "--save-every", "0",  # kohya saves only the final file by default
@@ -137,8 +181,8 @@ def ours_command(py: str, cfg: Config, out_dir: Path, name: str) -> list[str]:
 
 
 def kohya_command(py: str, kdir: Path, cfg: Config, out_dir: Path, name: str) -> list[str]:
-    cmd = [py, str(kdir / "train_network.py"),
-           "--pretrained_model_name_or_path", str(CHECKPOINT), "--train_data_dir", str(DATASET),
+    cmd = [py, str(kdir / FAMILIES[cfg.family].kohya_script),
+           "--pretrained_model_name_or_path", str(cfg.checkpoint), "--train_data_dir", str(DATASET),
            "--output_dir", str(out_dir), "--output_name", name, "--save_model_as", "safetensors",
            "--max_train_steps", str(cfg.steps), "--resolution", f"{cfg.resolution},{cfg.resolution}",
            "--network_module", "networks.lora", "--network_dim", str(RANK), "--network_alpha", str(ALPHA),
@@ -150,6 +194,10 @@ def kohya_command(py: str, kdir: Path, cfg: Config, out_dir: Path, name: str) ->
            # epoch; our engine loads in-process. 0 = in-process for kohya too (its faster setting
            # for cached latents on a small CPU; see README).
            "--max_data_loader_n_workers", "0"]
+    if cfg.unet_only:
+        # No --cache_text_encoder_outputs: kohya runs both frozen text encoders on every step's
+        # caption, ours on each caption the first time it comes (8 captions, so steps 1-8; see README).
+        cmd.append("--network_train_unet_only")
     if cfg.grad_ckpt:
         cmd.append("--gradient_checkpointing")
     return cmd
@@ -162,8 +210,9 @@ def webui_request(cfg: Config, name: str) -> dict:
         # the WebUI's request defaults come from a preset: name every setting the CLI leaves at its default
         "data": {"train_dir": str(DATASET), "resolution": cfg.resolution, "bucketing": False,
                  "shuffle_captions": False, "keep_tokens": 0, "flip": False},
-        "network": {"rank": RANK, "alpha": ALPHA, "train_text_encoder": True},
-        "optimizer": {"optimizer": "adamw", "unet_lr": LR, "text_encoder_lr": LR, "scheduler": "constant",
+        "network": {"rank": RANK, "alpha": ALPHA, "train_text_encoder": not cfg.unet_only},
+        "optimizer": {"optimizer": "adamw", "unet_lr": LR, "text_encoder_lr": 0.0 if cfg.unet_only else LR,
+                      "scheduler": "constant",
                       "warmup_steps": 0},
         "train": {"max_steps": cfg.steps, "batch_size": BATCH, "seed": SEED, "save_every_epochs": 0,
                   "mixed_precision": "no", "gradient_checkpointing": cfg.grad_ckpt, "sample_every_steps": 0,
@@ -402,7 +451,7 @@ def safetensors_layout(path: Path) -> tuple[int, int, list[str]]:
 # FLOPs / GEMM
 # ------------------------------------------------------------------------------------------
 def measure_flops(py: str, configs: list[Config]) -> dict | None:
-    cmd = [py, str(BENCH / "flops.py"), "--checkpoint", str(CHECKPOINT), "--rank", str(RANK),
+    cmd = [py, str(BENCH / "flops.py"), "--checkpoint", str(configs[0].checkpoint), "--rank", str(RANK),
            "--alpha", str(ALPHA), "--configs", *[f"{c.resolution}:{int(c.grad_ckpt)}" for c in configs]]
     print("counting FLOPs of one training step and timing a 4096x4096 fp32 GEMM ...", flush=True)
     proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True)
@@ -473,12 +522,17 @@ def summarize(results: list[RunResult], configs: list[Config], flops: dict | Non
 
 
 WEBUI_METRICS = [
+    # target (WebUI / kohya standalone); SDXL's issue sets only the peak RSS one (webui_target)
     ("first_step_s", "first_step_s", "train request → step 1 done (s)", "{:.1f}", 0.1),
     ("steady_step_s", "steady_step_s", "steady step (s, median, steps 3+)", "{:.2f}", None),
     ("peak_rss_mb", "peak_rss_mb", "peak RSS of the whole process while training (MB)", "{:.0f}", 1.0),
     ("rss_before_mb", None, "RSS before the request (WebUI idle, model loaded; MB)", "{:.0f}", None),
     ("lora_bytes", "lora_bytes", "LoRA file (bytes)", "{:.0f}", None),
 ]
+
+
+def webui_target(attr: str, target: float | None, family: str) -> float | None:
+    return None if family == "sdxl" and attr != "peak_rss_mb" else target
 
 
 def summarize_webui(webui_runs: list, results: list[RunResult], configs: list[Config]) -> dict:
@@ -492,7 +546,7 @@ def summarize_webui(webui_runs: list, results: list[RunResult], configs: list[Co
             a = [getattr(r, attr) for r in ours if getattr(r, attr)]
             b = [getattr(r, kohya_attr) for r in kohya if getattr(r, kohya_attr)] if kohya_attr else []
             row = {"webui": _median(a), "kohya": _median(b), "webui_all": a, "kohya_all": b, "ratio": None,
-                   "target": target}
+                   "target": webui_target(attr, target, cfg.family)}
             if a and b:
                 pairs = [x / y for x in a for y in b]
                 row["ratio"] = (statistics.median(a) / statistics.median(b), min(pairs), max(pairs))
@@ -505,12 +559,15 @@ def markdown_webui(summary: dict) -> list[str]:
     lines = ["## The WebUI case (A1111 with the checkpoint already loaded) vs kohya standalone", "",
              "Our numbers are the A1111 process (`launch.py`, fp32 `--no-half`, CPU) training through "
              "`/lora-studio/v1/start`; kohya's are its standalone runs above, same checkpoint and settings.", ""]
+    if any(entry["metrics"]["first_step_s"]["target"] is None for entry in summary.values()):
+        lines += ["SDXL: the one target is the whole process's peak RSS ≤ kohya's standalone peak; "
+                  "request → step 1 is reported without one.", ""]
     for entry in summary.values():
         lines += [f"### {entry['label']}", "", "| metric | WebUI | kohya | WebUI/kohya (min–max) | target |",
                   "|---|---|---|---|---|"]
-        for attr, _, label, fmt, target in WEBUI_METRICS:
+        for attr, _, label, fmt, _ in WEBUI_METRICS:
             row = entry["metrics"][attr]
-            ratio = row["ratio"]
+            ratio, target = row["ratio"], row["target"]
             ratio_text = "" if ratio is None else f"{ratio[0]:.2f} ({ratio[1]:.2f}–{ratio[2]:.2f})"
             verdict = "" if target is None or ratio is None else (
                 f"≤ {target}: {'MET' if ratio[0] <= target else 'not met'}")
@@ -524,12 +581,19 @@ def _fmt(value, fmt: str) -> str:
 
 
 def markdown(summary: dict, flops: dict | None, meta: dict) -> str:
+    family = FAMILIES[meta.get("family", "sd1")]
     lines = [f"# LoRA Studio vs kohya sd-scripts — {meta['date']}", "",
              f"Machine: {meta['machine']}. torch threads: default. Reps per config: {meta['reps']}; "
              f"{meta['steps']} steps, rank {RANK}, alpha {ALPHA}, AdamW lr {LR}, batch {BATCH}, "
-             "cached latents, SDPA, fp32 on CPU, UNet+TE LoRA, LoRA saved fp16.", "",
-             f"Command: `{meta['command']}`; {meta['bench_minutes']} min; noisy runs repeated: "
-             f"{meta['noisy_reruns']}.", ""]
+             f"cached latents, SDPA, fp32 on CPU, {'UNet-only' if family.unet_only else 'UNet+TE'} LoRA, "
+             "LoRA saved fp16.", ""]
+    if meta.get("family") or meta.get("kohya_commit") or meta.get("torch"):
+        checkpoint = Path(meta["checkpoint"]).name if meta.get("checkpoint") else "?"
+        torch_text = ", ".join(f"{tool} {version}" for tool, version in (meta.get("torch") or {}).items())
+        lines += [f"Model: {family.title}, `{checkpoint}`; kohya: `{family.kohya_script}` at "
+                  f"{(meta.get('kohya_commit') or 'no checkout')[:8]}; torch: {torch_text or '?'}.", ""]
+    lines += [f"Command: `{meta['command']}`; {meta['bench_minutes']} min; noisy runs repeated: "
+              f"{meta['noisy_reruns']}.", ""]
     if meta.get("ours_env"):
         lines += ["**What-if run**: our CLI ran with extra environment "
                   + ", ".join(f"`{k}={v}`" for k, v in meta["ours_env"].items()) + " (kohya without).", ""]
@@ -561,14 +625,16 @@ def markdown(summary: dict, flops: dict | None, meta: dict) -> str:
                   "In-process fwd+bwd of one step (no optimizer, no data): "
                   + ", ".join(f"{k.split(':')[0]} px gc {'on' if k.endswith(':1') else 'off'}: {v:.2f} s"
                               for k, v in flops.get("fwd_bwd_s", {}).items()), ""]
-    lines += ["Targets: steady step ≤ 0.9 × kohya; start → step 1 ≤ 1.0 × kohya; identical LoRA size.", ""]
-    lines += _targets(summary)
+    rss_target = "; peak RSS ≤ 1.0 × kohya" if family.name == "sdxl" else ""
+    lines += [f"Targets: steady step ≤ 0.9 × kohya; start → step 1 ≤ 1.0 × kohya{rss_target}; "
+              "identical LoRA size.", ""]
+    lines += _targets(summary, rss=family.name == "sdxl")
     if meta.get("webui_summary"):
         lines += [""] + markdown_webui(meta["webui_summary"])
     return "\n".join(lines) + "\n"
 
 
-def _targets(summary: dict) -> list[str]:
+def _targets(summary: dict, rss: bool = False) -> list[str]:
     out = []
     for entry in summary.values():
         m = entry["metrics"]
@@ -579,6 +645,9 @@ def _targets(summary: dict) -> list[str]:
         checks.append(f"steady step {'MET' if r and r[0] <= 0.9 else 'not met'} ({_fmt(r and r[0], '{:.2f}')})")
         r = m["first_step_s"]["ratio"]
         checks.append(f"start→step 1 {'MET' if r and r[0] <= 1.0 else 'not met'} ({_fmt(r and r[0], '{:.2f}')})")
+        if rss:
+            r = m["peak_rss_mb"]["ratio"]
+            checks.append(f"peak RSS {'MET' if r and r[0] <= 1.0 else 'not met'} ({_fmt(r and r[0], '{:.2f}')})")
         a, b = m["lora_bytes"]["ours"], m["lora_bytes"]["kohya"]
         ta, tb = m["lora_tensor_bytes"]["ours"], m["lora_tensor_bytes"]["kohya"]
         if a and b:
@@ -589,19 +658,29 @@ def _targets(summary: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=tuple(FAMILIES), default="sd1",
+                        help="sd1 (default): SD1.5, UNet + text-encoder LoRA, kohya's train_network.py; sdxl: "
+                             "UNet-only LoRA, kohya's sdxl_train_network.py, 10 steps, checkpointing on, 128 px")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="the single-file checkpoint both tools train on (default: a random one built into "
+                             "bench/.cache/ for --family)")
     parser.add_argument("--quick", action="store_true", help="128 px only, 1 repetition")
     parser.add_argument("--reps", type=int, help="repetitions per config and tool (default 2, --quick 1)")
-    parser.add_argument("--resolutions", type=int, nargs="+", help="default 128 256 (--quick: 128)")
+    parser.add_argument("--resolutions", type=int, nargs="+",
+                        help="default 128 256 (--quick, --family sdxl: 128)")
     parser.add_argument("--grad-ckpt", choices=("off", "on", "both"), default=None,
-                        help="gradient checkpointing (default both, --quick off)")
-    parser.add_argument("--steps", type=int, default=None, help=f"steps per run (default {STEPS_FULL})")
+                        help="gradient checkpointing (default both, --quick off, --family sdxl on)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"steps per run (default {STEPS_FULL}, --family sdxl {FAMILIES['sdxl'].steps})")
     parser.add_argument("--only", choices=("ours", "kohya", "webui"), nargs="+",
                         help="run these only (webui = the WebUI case, needs WEBUI_DIR)")
     parser.add_argument("--ours-env", nargs="+", default=[], metavar="KEY=VALUE",
                         help="what-if experiments: extra environment for our CLI only (recorded in the results)")
-    parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count and GEMM timing")
+    parser.add_argument("--no-flops", action="store_true",
+                        help="skip the FLOP count and GEMM timing (always skipped for --family sdxl: bench/flops.py "
+                             "counts a UNet + text-encoder LoRA)")
     parser.add_argument("--quiet-wait", type=float, default=120.0,
                         help="before each run wait up to this many seconds for other processes to go quiet")
     parser.add_argument("--quiet-threshold", type=float, default=0.3,
@@ -612,16 +691,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--abort-window", type=float, default=30.0,
                         help="stop a run (not the last attempt) early when other processes used more than "
                              "2 x --noise-limit cores over this many seconds (0 = never)")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def plan(args: argparse.Namespace) -> tuple[Family, list[Config], int]:
+    """(family, configs, repetitions) the arguments ask for, with each family's defaults."""
+    family = FAMILIES[args.family]
+    checkpoint = (args.checkpoint or family.checkpoint).resolve()
     reps = args.reps or (1 if args.quick else 2)
-    resolutions = args.resolutions or ([128] if args.quick else [128, 256])
-    gc_mode = args.grad_ckpt or ("off" if args.quick else "both")
+    resolutions = args.resolutions or ([128] if args.quick else list(family.resolutions))
+    gc_mode = args.grad_ckpt or ("off" if args.quick and family.name == "sd1" else family.grad_ckpt)
     gcs = {"off": [False], "on": [True], "both": [False, True]}[gc_mode]
-    steps = args.steps or (STEPS_QUICK if args.quick else STEPS_FULL)
+    steps = args.steps or (STEPS_QUICK if args.quick and family.name == "sd1" else family.steps)
     if steps == NUM_IMAGES:
         sys.exit(f"--steps {NUM_IMAGES} would be confused with the latent-caching bar; pick another count.")
-    configs = [Config(r, g, steps) for r in resolutions for g in gcs]
+    return family, [Config(r, g, steps, family.name, checkpoint) for r in resolutions for g in gcs], reps
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    family, configs, reps = plan(args)
+    checkpoint, steps = configs[0].checkpoint, configs[0].steps
 
     ours_env = dict(item.split("=", 1) for item in args.ours_env)
     py = ours_python()
@@ -639,8 +729,8 @@ def main(argv: list[str] | None = None) -> int:
         print("WEBUI_DIR not set: no WebUI case.", flush=True)
     if not kohya:
         print("KOHYA_DIR / KOHYA_PYTHON not set: timing our CLI only.", flush=True)
-    prepare_inputs(py, with_kohya="kohya" in tools)
-    warm_caches([(py, ROOT)] + ([(kohya[1], kohya[0])] if kohya and "kohya" in tools else []))
+    prepare_inputs(py, with_kohya="kohya" in tools, checkpoint=checkpoint, family=family.name)
+    warm_caches([(py, ROOT)] + ([(kohya[1], kohya[0])] if kohya and "kohya" in tools else []), checkpoint)
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     bench_start = time.monotonic()
@@ -680,11 +770,12 @@ def main(argv: list[str] | None = None) -> int:
 
     webui_runs = run_webui_case(configs, reps, OUT / stamp, Path(webui_dir)) if with_webui else []
 
-    flops = None if args.no_flops else measure_flops(py, configs)
+    flops = None if args.no_flops or not family.flops else measure_flops(py, configs)
     summary = summarize(results, configs, flops)
     meta = {"date": dt.datetime.now().isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-            "reps": reps, "steps": steps, "ours_python": py,
+            "reps": reps, "steps": steps, "ours_python": py, "family": family.name, "checkpoint": str(checkpoint),
+            "torch": {"ours": _torch_version(py), **({"kohya": _torch_version(kohya[1])} if kohya else {})},
             "kohya_dir": str(kohya[0]) if kohya else None, "kohya_commit": _git_head(kohya[0]) if kohya else None,
             "command": " ".join(["python", "bench/run_bench.py"] + (argv if argv is not None else sys.argv[1:])),
             "ours_env": ours_env, "webui_summary": summarize_webui(webui_runs, results, configs) if webui_runs else None,
@@ -707,9 +798,11 @@ def main(argv: list[str] | None = None) -> int:
 def run_webui_case(configs: list[Config], reps: int, out_dir: Path, webui_dir: Path) -> list:
     from webui_case import WebUIBench
 
-    print(f"starting A1111 from {webui_dir} on {CHECKPOINT.name} ...", flush=True)
+    family, checkpoint = FAMILIES[configs[0].family], configs[0].checkpoint
+    print(f"starting A1111 from {webui_dir} on {checkpoint.name} ...", flush=True)
     runs = []
-    with WebUIBench(webui_dir, CHECKPOINT, out_dir) as bench:
+    with WebUIBench(webui_dir, checkpoint, out_dir, options=dict(family.webui_options),
+                    boot_timeout_s=family.webui_boot_s) as bench:
         for cfg in configs:
             for rep in range(reps):
                 print(f"[{cfg.label} rep {rep + 1}/{reps}] webui ...", flush=True)
@@ -719,6 +812,14 @@ def run_webui_case(configs: list[Config], reps: int, out_dir: Path, webui_dir: P
                       f"{', ' + r.error if r.error else ''}", flush=True)
                 runs.append(r)
     return runs
+
+
+def _torch_version(py: str) -> str | None:
+    try:
+        return subprocess.run([py, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def _git_head(path: Path) -> str | None:

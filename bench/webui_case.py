@@ -58,7 +58,11 @@ def steady_step(clock: list) -> float | None:
 
 
 class WebUIBench:
-    def __init__(self, webui_dir: Path, checkpoint: Path, out_dir: Path):
+    def __init__(self, webui_dir: Path, checkpoint: Path, out_dir: Path, options: dict | None = None,
+                 boot_timeout_s: float = 600.0):
+        """options: A1111 settings set for the bench (and put back after it), beside the defaults below."""
+        self.options = dict(options or {})
+        self.boot_timeout_s = boot_timeout_s
         link_extension(webui_dir)
         os.environ["WEBUI_CKPT"] = str(checkpoint)  # the checkpoint both CLIs train on
         self.lora_dir = out_dir / "webui-Lora"
@@ -69,13 +73,13 @@ class WebUIBench:
 
     def __enter__(self) -> "WebUIBench":
         try:
-            self.server.wait_ready()
-            self._wait_for_model()
+            self.server.wait_ready(timeout=self.boot_timeout_s)
+            self._wait_for_model(timeout=self.boot_timeout_s)
             # The preview sample at the end: one sampler step (CPU). Emphasis "No norm": with
             # random weights the text encoder's output has a mean near 0, and A1111's default
             # re-normalisation z·mean/mean' then gives inf gradients (NaN at step 4); the CLIs
             # have no emphasis, and for captions without (x:1.2) "No norm" is plain CLIP.
-            changed = {"lora_studio_sample_steps": 1, "emphasis": "No norm"}
+            changed = {"lora_studio_sample_steps": 1, "emphasis": "No norm", **self.options}
             current = self.server.get("/sdapi/v1/options")
             self._restore = {key: current[key] for key in changed if key in current}
             self.server.post("/sdapi/v1/options", changed)
