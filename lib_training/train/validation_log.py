@@ -20,11 +20,11 @@ def append_log(run_dir: Path, step: int, epoch: int, loss: float) -> None:
         f.write(json.dumps({"step": step, "epoch": epoch, "val_loss": loss}) + "\n")
 
 
-def read_log(run_dir: Path, upto: int | None = None) -> list[tuple[int, float]]:
+def read_log(run_dir: Path) -> list[tuple[int, float]]:
     """(step, validation loss) of a run, sorted; the later line wins for a repeated step (a resumed
     run). Lines cut by a crash and non-finite losses are skipped; no log gives []."""
     return sorted((step, loss) for step, (loss, _) in _records(Path(run_dir) / VALIDATION_LOG).items()
-                  if (upto is None or step <= upto) and math.isfinite(loss))
+                  if math.isfinite(loss))
 
 
 def truncate_log(run_dir: Path, step: int) -> None:
