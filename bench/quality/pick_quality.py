@@ -241,7 +241,7 @@ def _runs_in(data: dict) -> list[dict]:
 
 
 def collect(args: argparse.Namespace) -> list[dict]:
-    """Every job's result; each is also written to results/pick-run-<method>-<seed>.json as it comes in, so
+    """Every job's result; each is also written to results/pick-run-<concept>-<method>-<seed>.json as it comes in, so
     that a run cut short still leaves what it finished (re-pick them with --load)."""
     concept = CONCEPTS[args.concept]
     model = load_base()
@@ -257,7 +257,8 @@ def collect(args: argparse.Namespace) -> list[dict]:
         runs = []
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             for run in pool.map(run_job, jobs):
-                (args.out / f"pick-run-{run['method']}-{run['seed']}.json").write_text(json.dumps(run), encoding="utf-8")
+                name = f"pick-run-{concept.name}-{run['method']}-{run['seed']}.json"
+                (args.out / name).write_text(json.dumps(run | {"concept": concept.name}), encoding="utf-8")
                 runs.append(run)
         return runs
 

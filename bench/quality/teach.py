@@ -60,7 +60,10 @@ def write_dataset(root: Path, model: QualityAdapter, concept: Concept, class_ima
         _png(world.render(scene)).save(folder / f"{i:03d}.png")
         (folder / f"{i:03d}.txt").write_text(concept_caption(concept, scene, i), encoding="utf-8")
     if class_images:
+        # "prompt": the concept's class prompt ("a circle"), the words leakage is measured with; left empty the
+        # Dataset tab would draw from the bare class word ("circle"), which the evaluated prompt never says.
         settings = ClassImageSettings(class_word=concept.class_word, trigger=TRIGGER, from_captions=class_images == "captions",
+                                      prompt=concept.class_prompt if class_images == "prompt" else "",
                                       per_image=class_per_image, steps=20, cfg_scale=CFG, width=64, height=64,
                                       seed=11, batch_size=32)
         result = generate_class_images(root, settings, base_model_generator(model))
