@@ -126,8 +126,8 @@ def run_job(job: Job) -> dict:
             cells.append(Cell(step, weight, val_loss=val_loss, **numbers))
             log(f"{job.method.name} seed {job.seed} step {step} w {weight:g}: judge {numbers['fidelity']:.2f} / "
                 f"{numbers['seen_accuracy']:.2f} / {numbers['leakage']:.2f}, val {val_loss}")
-    return {"method": job.method.name, "seed": job.seed, "train_seconds": seconds, "base": base,
-            "validation": result.validation, "cells": [asdict(c) for c in cells]}
+    return {"concept": job.concept.name, "method": job.method.name, "seed": job.seed, "train_seconds": seconds,
+            "base": base, "validation": result.validation, "cells": [asdict(c) for c in cells]}
 
 
 def _world_pixels(path: Path):
@@ -257,8 +257,8 @@ def collect(args: argparse.Namespace) -> list[dict]:
         runs = []
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             for run in pool.map(run_job, jobs):
-                name = f"pick-run-{concept.name}-{run['method']}-{run['seed']}.json"
-                (args.out / name).write_text(json.dumps(run | {"concept": concept.name}), encoding="utf-8")
+                name = f"pick-run-{run['concept']}-{run['method']}-{run['seed']}.json"
+                (args.out / name).write_text(json.dumps(run), encoding="utf-8")
                 runs.append(run)
         return runs
 
